@@ -1,0 +1,114 @@
+//! Errors of the stream store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::segment::SegmentError;
+
+/// What went wrong in a store operation.
+///
+/// Cloneable (sources are shared) because one failed group commit fails every
+/// record that was in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No stream of that name.
+    #[error("stream {0:?} not found")]
+    StreamNotFound(String),
+    /// A stream of that name exists already.
+    #[error("stream {0:?} already exists")]
+    StreamExists(String),
+    /// The stream exists but is being deleted or changed.
+    #[error("stream {stream:?} is {status}, not ACTIVE")]
+    StreamNotActive {
+        /// The stream.
+        stream: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// No shard of that id in the stream.
+    #[error("shard {shard} not found in stream {stream:?}")]
+    ShardNotFound {
+        /// The stream.
+        stream: String,
+        /// The shard id asked for.
+        shard: String,
+    },
+    /// The shard is closed (resharded): it takes no more writes.
+    #[error("shard {shard} of stream {stream:?} is closed")]
+    ShardClosed {
+        /// The stream.
+        stream: String,
+        /// The shard.
+        shard: String,
+    },
+    /// An argument is outside what the operation accepts.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A record breaks the wire format's limits.
+    #[error("invalid record: {0}")]
+    InvalidRecord(#[from] weir_wire::ValidationError),
+    /// A limit of the store was reached (shard count, stream count).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// A batch on disk failed its CRC or framing. Its records are not returned;
+    /// reading can resume at `next_offset`.
+    #[error(
+        "corrupt batch in {path} at byte {position} (stream {stream:?}, shard {shard}, offsets {first_offset}..{next_offset}): {reason}"
+    )]
+    Corrupt {
+        /// The stream.
+        stream: String,
+        /// The shard.
+        shard: String,
+        /// The `.log` file.
+        path: PathBuf,
+        /// Byte position of the batch in that file.
+        position: u64,
+        /// First offset the batch held.
+        first_offset: u64,
+        /// First offset after it.
+        next_offset: u64,
+        /// The check that failed.
+        reason: &'static str,
+    },
+    /// The shard's writer hit an I/O error and refuses writes until restart,
+    /// when recovery decides what of the unsynced tail is intact.
+    #[error("shard {shard} of stream {stream:?} stopped after a write failure: {reason}")]
+    ShardFailed {
+        /// The stream.
+        stream: String,
+        /// The shard.
+        shard: String,
+        /// The first failure.
+        reason: String,
+    },
+    /// Storage I/O failed.
+    #[error("storage: {0}")]
+    Segment(#[source] Arc<SegmentError>),
+    /// Metadata I/O failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The store is shutting down.
+    #[error("store is shutting down")]
+    ShuttingDown,
+}
+
+impl From<SegmentError> for StoreError {
+    fn from(e: SegmentError) -> Self {
+        Self::Segment(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { op, path: path.into(), source: Arc::new(source) }
+    }
+}

@@ -1,0 +1,27 @@
+//! The stream store: sharded, replayable, immutable streams on local disk.
+//!
+//! [`StreamStore`] is the boundary the ingest and the API use; [`LogStore`] is
+//! the embedded implementation. See each module's header for its part:
+//! `catalog` (metadata), `segment` (on-disk format), `shard` (writer and
+//! reads), `log_store` (streams, routing, resharding, retention).
+
+pub mod backend;
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod log_store;
+pub mod segment;
+pub mod sequence;
+pub mod shard;
+
+pub use backend::{
+    Appended, CreateStreamOptions, NewRecord, ReadBatch, ReadLimits, ShardDescription, ShardPosition,
+    StartingPosition, StoredRecord, StreamDescription, StreamStore,
+};
+pub use catalog::StreamStatus;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{FsyncPolicy, StoreConfig};
+pub use error::StoreError;
+pub use log_store::{LogStore, RetentionReport};
+pub use sequence::SequenceNumber;

@@ -1,0 +1,133 @@
+//! Limits shared by every producer and the collector.
+//!
+//! These are Kinesis's limits (a partition key of 1 to 256 Unicode scalar
+//! values, a data blob of at most 1 MiB, PutRecords' 500 entries and 5 MiB), so
+//! a record that a device accepts is one the collector and the Kinesis API
+//! accept too.
+
+use core::fmt;
+
+/// Most Unicode characters in a partition key.
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+/// Largest data blob of one record, in bytes (1 MiB).
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
+/// Most records in one batch (Kinesis PutRecords' limit).
+pub const MAX_BATCH_RECORDS: usize = 500;
+/// Largest encoded batch, in bytes (Kinesis PutRecords' 5 MiB request limit).
+pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
+
+/// Why a record or batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidationError {
+    /// The partition key is empty.
+    EmptyPartitionKey,
+    /// The partition key has more than [`MAX_PARTITION_KEY_CHARS`] characters.
+    PartitionKeyTooLong {
+        /// How many characters it has.
+        chars: usize,
+    },
+    /// The data blob is larger than [`MAX_DATA_BYTES`].
+    DataTooLarge {
+        /// Its size in bytes.
+        bytes: usize,
+    },
+    /// A batch holds no record.
+    EmptyBatch,
+    /// A batch holds more than [`MAX_BATCH_RECORDS`] records.
+    TooManyRecords {
+        /// How many it holds.
+        records: usize,
+    },
+    /// An encoded batch is larger than [`MAX_BATCH_BYTES`].
+    BatchTooLarge {
+        /// Its size in bytes.
+        bytes: usize,
+    },
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyPartitionKey => f.write_str("partition key is empty (1 to 256 characters)"),
+            Self::PartitionKeyTooLong { chars } => write!(
+                f,
+                "partition key has {chars} characters, more than {MAX_PARTITION_KEY_CHARS}"
+            ),
+            Self::DataTooLarge { bytes } => {
+                write!(f, "data is {bytes} bytes, more than {MAX_DATA_BYTES}")
+            }
+            Self::EmptyBatch => f.write_str("batch holds no record"),
+            Self::TooManyRecords { records } => {
+                write!(f, "batch holds {records} records, more than {MAX_BATCH_RECORDS}")
+            }
+            Self::BatchTooLarge { bytes } => {
+                write!(f, "batch is {bytes} bytes, more than {MAX_BATCH_BYTES}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ValidationError {}
+
+/// Checks a partition key: 1 to 256 Unicode characters.
+///
+/// # Errors
+/// [`ValidationError::EmptyPartitionKey`] or [`ValidationError::PartitionKeyTooLong`].
+pub fn validate_partition_key(key: &str) -> Result<(), ValidationError> {
+    if key.is_empty() {
+        return Err(ValidationError::EmptyPartitionKey);
+    }
+    // A key of at most 256 bytes has at most 256 chars: skip the count then.
+    if key.len() > MAX_PARTITION_KEY_CHARS {
+        let chars = key.chars().count();
+        if chars > MAX_PARTITION_KEY_CHARS {
+            return Err(ValidationError::PartitionKeyTooLong { chars });
+        }
+    }
+    Ok(())
+}
+
+/// Checks a data blob: at most 1 MiB.
+///
+/// # Errors
+/// [`ValidationError::DataTooLarge`].
+pub fn validate_data(data: &[u8]) -> Result<(), ValidationError> {
+    if data.len() > MAX_DATA_BYTES {
+        return Err(ValidationError::DataTooLarge { bytes: data.len() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_key_counts_characters_not_bytes() {
+        let ok: [char; 256] = ['é'; 256];
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        for c in ok {
+            n += c.encode_utf8(&mut buf[n..]).len();
+        }
+        let key = core::str::from_utf8(&buf[..n]).expect("utf8");
+        assert_eq!(validate_partition_key(key), Ok(()));
+        assert_eq!(validate_partition_key(""), Err(ValidationError::EmptyPartitionKey));
+        let long = [b'k'; 257];
+        let long = core::str::from_utf8(&long).expect("utf8");
+        assert_eq!(
+            validate_partition_key(long),
+            Err(ValidationError::PartitionKeyTooLong { chars: 257 })
+        );
+    }
+
+    #[test]
+    fn data_limit_is_one_mebibyte_inclusive() {
+        static BIG: [u8; MAX_DATA_BYTES + 1] = [0; MAX_DATA_BYTES + 1];
+        assert_eq!(validate_data(&BIG[..MAX_DATA_BYTES]), Ok(()));
+        assert_eq!(
+            validate_data(&BIG[..]),
+            Err(ValidationError::DataTooLarge { bytes: MAX_DATA_BYTES + 1 })
+        );
+    }
+}
