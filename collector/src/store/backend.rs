@@ -66,7 +66,8 @@ pub struct StreamDescription {
 impl StreamDescription {
     /// The open shards, ordered by hash range.
     pub fn open_shards(&self) -> impl Iterator<Item = &ShardDescription> {
-        let mut open: Vec<&ShardDescription> = self.shards.iter().filter(|s| s.ending_sequence.is_none()).collect();
+        let mut open: Vec<&ShardDescription> =
+            self.shards.iter().filter(|s| s.ending_sequence.is_none()).collect();
         open.sort_by_key(|s| s.hash_range.start);
         open.into_iter()
     }
@@ -199,7 +200,10 @@ pub trait StreamStore: Send + Sync + 'static {
     fn list_streams(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// A stream's metadata and shards.
-    fn describe_stream(&self, name: &str) -> impl Future<Output = Result<StreamDescription, StoreError>> + Send;
+    fn describe_stream(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<StreamDescription, StoreError>> + Send;
 
     /// Appends records, each to the open shard owning its hash key. The
     /// result has one entry per record, in order; records of one call that go
@@ -244,8 +248,16 @@ pub trait StreamStore: Send + Sync + 'static {
 
     /// Reshards to `target` open shards of even ranges (Kinesis's
     /// UNIFORM_SCALING), through splits and merges so lineage stays exact.
-    fn update_shard_count(&self, stream: &str, target: u32) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn update_shard_count(
+        &self,
+        stream: &str,
+        target: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Sets a stream's retention period in hours.
-    fn set_retention(&self, stream: &str, hours: u32) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn set_retention(
+        &self,
+        stream: &str,
+        hours: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

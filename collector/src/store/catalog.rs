@@ -174,7 +174,10 @@ impl Catalog {
                 path,
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("catalog version {} (this build reads {CATALOG_VERSION})", catalog.version),
+                    format!(
+                        "catalog version {} (this build reads {CATALOG_VERSION})",
+                        catalog.version
+                    ),
                 ),
             ));
         }
@@ -188,9 +191,8 @@ impl Catalog {
     pub fn save(&self, dir: &Path) -> Result<(), StoreError> {
         let tmp = dir.join(TMP_NAME);
         let path = dir.join(FILE_NAME);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| {
-            StoreError::io("encode", &path, std::io::Error::other(e))
-        })?;
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|e| StoreError::io("encode", &path, std::io::Error::other(e)))?;
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&text)?;

@@ -100,11 +100,17 @@ impl StoreConfig {
         if !(4096..=MAX_SEGMENT_BYTES).contains(&self.segment_max_bytes) {
             return Err(ConfigError {
                 key: "segment_max_bytes",
-                message: format!("{} is outside 4096..={MAX_SEGMENT_BYTES}", self.segment_max_bytes),
+                message: format!(
+                    "{} is outside 4096..={MAX_SEGMENT_BYTES}",
+                    self.segment_max_bytes
+                ),
             });
         }
         if self.segment_max_age < Duration::from_secs(1) {
-            return Err(ConfigError { key: "segment_max_age", message: "must be at least 1 s".into() });
+            return Err(ConfigError {
+                key: "segment_max_age",
+                message: "must be at least 1 s".into(),
+            });
         }
         if self.retention_check_interval < Duration::from_millis(10) {
             return Err(ConfigError {

@@ -318,7 +318,8 @@ impl LogStore {
                 }
             }
             if !drained.is_empty() {
-                report.shards_removed += self.remove_drained_shards(&stream, &drained, cutoff).await?;
+                report.shards_removed +=
+                    self.remove_drained_shards(&stream, &drained, cutoff).await?;
             }
         }
         Ok(report)
@@ -334,16 +335,15 @@ impl LogStore {
     ) -> Result<usize, StoreError> {
         let mut catalog = self.inner.catalog.lock().await;
         let mut next = catalog.clone();
-        let Some(meta) = next.stream_mut(&stream.name).filter(|m| m.id == stream.id) else { return Ok(0) };
+        let Some(meta) = next.stream_mut(&stream.name).filter(|m| m.id == stream.id) else {
+            return Ok(0);
+        };
         let before = meta.shards.len();
         meta.shards.retain(|s| {
             !(drained.contains(&s.index) && s.closed.is_some_and(|c| c.closed_ms < cutoff))
         });
-        let removed: Vec<u64> = drained
-            .iter()
-            .copied()
-            .filter(|i| meta.shard(*i).is_none())
-            .collect();
+        let removed: Vec<u64> =
+            drained.iter().copied().filter(|i| meta.shard(*i).is_none()).collect();
         if meta.shards.len() == before {
             return Ok(0);
         }
@@ -402,7 +402,8 @@ impl LogStore {
             let name = stream_name.to_owned();
             let shared =
                 Arc::new(blocking(move || Ok(ShardShared::open(&name, dir, index, None)?)).await?);
-            let writer = Writer::start(shared.clone(), self.inner.config.clone(), self.inner.clock.clone())?;
+            let writer =
+                Writer::start(shared.clone(), self.inner.config.clone(), self.inner.clock.clone())?;
             out.push(Arc::new(ShardHandle {
                 shared,
                 writer: Mutex::new(Some(Arc::new(writer))),
@@ -473,8 +474,11 @@ impl LogStore {
             Err(e) => {
                 // Undo: the parents take writes again; the children never existed.
                 for h in &handles {
-                    if let Ok(w) = Writer::start(h.shared.clone(), self.inner.config.clone(), self.inner.clock.clone())
-                        && let Ok(mut slot) = h.writer.lock()
+                    if let Ok(w) = Writer::start(
+                        h.shared.clone(),
+                        self.inner.config.clone(),
+                        self.inner.clock.clone(),
+                    ) && let Ok(mut slot) = h.writer.lock()
                     {
                         *slot = Some(Arc::new(w));
                     }
@@ -504,17 +508,20 @@ impl LogStore {
     }
 
     fn active_meta<'c>(catalog: &'c Catalog, name: &str) -> Result<&'c StreamMeta, StoreError> {
-        let meta = catalog.stream(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
+        let meta =
+            catalog.stream(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
         if meta.status != StreamStatus::Active {
-            return Err(StoreError::StreamNotActive { stream: name.to_owned(), status: meta.status.as_str() });
+            return Err(StoreError::StreamNotActive {
+                stream: name.to_owned(),
+                status: meta.status.as_str(),
+            });
         }
         Ok(meta)
     }
 
     fn open_shard_meta<'m>(meta: &'m StreamMeta, id: &str) -> Result<&'m ShardMeta, StoreError> {
-        let shard = parse_shard_id(id).and_then(|i| meta.shard(i)).ok_or_else(|| StoreError::ShardNotFound {
-            stream: meta.name.clone(),
-            shard: id.to_owned(),
+        let shard = parse_shard_id(id).and_then(|i| meta.shard(i)).ok_or_else(|| {
+            StoreError::ShardNotFound { stream: meta.name.clone(), shard: id.to_owned() }
         })?;
         if !shard.is_open() {
             return Err(StoreError::InvalidArgument(format!("shard {id} is closed")));
@@ -534,7 +541,8 @@ impl LogStore {
         let (low, high) = shard.range().split_at(new_start).map_err(|e| {
             StoreError::InvalidArgument(format!("split of {} at {new_start}: {e}", shard_id(index)))
         })?;
-        self.reshard(catalog, stream, &[index], vec![(low, index, None), (high, index, None)]).await?;
+        self.reshard(catalog, stream, &[index], vec![(low, index, None), (high, index, None)])
+            .await?;
         Ok(())
     }
 
@@ -555,7 +563,8 @@ impl LogStore {
                 shard_id(adjacent)
             ))
         })?;
-        self.reshard(catalog, stream, &[index, adjacent], vec![(merged, index, Some(adjacent))]).await?;
+        self.reshard(catalog, stream, &[index, adjacent], vec![(merged, index, Some(adjacent))])
+            .await?;
         Ok(())
     }
 }
@@ -567,7 +576,8 @@ fn recover(
     config: &StoreConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<(Catalog, File, HashMap<String, Arc<StreamState>>), StoreError> {
-    std::fs::create_dir_all(root.join("streams")).map_err(|e| StoreError::io("create directory", root, e))?;
+    std::fs::create_dir_all(root.join("streams"))
+        .map_err(|e| StoreError::io("create directory", root, e))?;
     let lock_path = root.join("LOCK");
     let lock = File::options()
         .create(true)
@@ -579,8 +589,12 @@ fn recover(
     let mut catalog = Catalog::load(root)?;
     // Finish deletions a crash interrupted, and drop directories of streams
     // the catalog does not know (a create that crashed before saving).
-    let deleting: Vec<u64> =
-        catalog.streams.iter().filter(|s| s.status == StreamStatus::Deleting).map(|s| s.id).collect();
+    let deleting: Vec<u64> = catalog
+        .streams
+        .iter()
+        .filter(|s| s.status == StreamStatus::Deleting)
+        .map(|s| s.id)
+        .collect();
     for id in &deleting {
         remove_dir_if_exists(&Catalog::stream_dir(root, *id))?;
     }
@@ -589,7 +603,8 @@ fn recover(
         catalog.save(root)?;
     }
     let streams_dir = root.join("streams");
-    let listing = std::fs::read_dir(&streams_dir).map_err(|e| StoreError::io("list", &streams_dir, e))?;
+    let listing =
+        std::fs::read_dir(&streams_dir).map_err(|e| StoreError::io("list", &streams_dir, e))?;
     for entry in listing.flatten() {
         let known = entry
             .file_name()
@@ -606,7 +621,12 @@ fn recover(
         let mut shards = BTreeMap::new();
         for s in &meta.shards {
             let dir = shard_dir(root, meta.id, s.index);
-            let shared = Arc::new(ShardShared::open(&meta.name, dir, s.index, s.closed.map(|c| c.end_offset))?);
+            let shared = Arc::new(ShardShared::open(
+                &meta.name,
+                dir,
+                s.index,
+                s.closed.map(|c| c.end_offset),
+            )?);
             let writer = if s.is_open() {
                 Some(Arc::new(Writer::start(shared.clone(), config.clone(), clock.clone())?))
             } else {
@@ -615,7 +635,11 @@ fn recover(
             let closed = s.closed.map(|c| (c.end_offset, children_of(meta, s.index)));
             shards.insert(
                 s.index,
-                Arc::new(ShardHandle { shared, writer: Mutex::new(writer), closed: Mutex::new(closed) }),
+                Arc::new(ShardHandle {
+                    shared,
+                    writer: Mutex::new(writer),
+                    closed: Mutex::new(closed),
+                }),
             );
         }
         let state = Arc::new(StreamState {
@@ -665,7 +689,8 @@ impl StreamStore for LogStore {
         let count = u64::from(options.shard_count);
         let shards = (0..count)
             .map(|i| {
-                let r = HashRange::uniform(count, i).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+                let r = HashRange::uniform(count, i)
+                    .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
                 Ok(ShardMeta {
                     index: i,
                     hash_start: r.start,
@@ -719,7 +744,8 @@ impl StreamStore for LogStore {
     async fn delete_stream(&self, name: &str) -> Result<(), StoreError> {
         let mut catalog = self.inner.catalog.lock().await;
         let mut next = catalog.clone();
-        let meta = next.stream_mut(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
+        let meta =
+            next.stream_mut(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
         meta.status = StreamStatus::Deleting;
         let id = meta.id;
         self.save_catalog(&mut catalog, next).await?;
@@ -753,7 +779,10 @@ impl StreamStore for LogStore {
 
     async fn describe_stream(&self, name: &str) -> Result<StreamDescription, StoreError> {
         let catalog = self.inner.catalog.lock().await;
-        catalog.stream(name).map(describe).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))
+        catalog
+            .stream(name)
+            .map(describe)
+            .ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))
     }
 
     async fn append(
@@ -793,9 +822,13 @@ impl StreamStore for LogStore {
             // Group by shard, keeping each shard's records in call order.
             let mut groups: Vec<(Arc<ShardHandle>, Vec<usize>, Vec<NewRecord>)> = Vec::new();
             for (i, r) in pending.drain(..) {
-                let hash = r.explicit_hash_key.unwrap_or_else(|| weir_wire::hash_key(&r.partition_key));
+                let hash =
+                    r.explicit_hash_key.unwrap_or_else(|| weir_wire::hash_key(&r.partition_key));
                 let Some(shard) = routing.route(hash) else {
-                    results[i] = Some(Err(StoreError::StreamNotActive { stream: stream.to_owned(), status: "DELETING" }));
+                    results[i] = Some(Err(StoreError::StreamNotActive {
+                        stream: stream.to_owned(),
+                        status: "DELETING",
+                    }));
                     continue;
                 };
                 match groups.iter_mut().find(|(s, _, _)| Arc::ptr_eq(s, shard)) {
@@ -844,7 +877,10 @@ impl StreamStore for LogStore {
             }
         }
         for (i, _) in pending {
-            results[i] = Some(Err(StoreError::StreamNotActive { stream: stream.to_owned(), status: "UPDATING" }));
+            results[i] = Some(Err(StoreError::StreamNotActive {
+                stream: stream.to_owned(),
+                status: "UPDATING",
+            }));
         }
         Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::ShuttingDown))).collect())
     }
@@ -856,7 +892,8 @@ impl StreamStore for LogStore {
         start: StartingPosition,
     ) -> Result<ShardPosition, StoreError> {
         let state = self.stream(stream)?;
-        let not_found = || StoreError::ShardNotFound { stream: stream.to_owned(), shard: shard.to_owned() };
+        let not_found =
+            || StoreError::ShardNotFound { stream: stream.to_owned(), shard: shard.to_owned() };
         let index = parse_shard_id(shard).ok_or_else(not_found)?;
         let handle = state.shard(index).ok_or_else(not_found)?;
         let shared = handle.shared.clone();
@@ -880,7 +917,9 @@ impl StreamStore for LogStore {
             StartingPosition::Latest => end,
             StartingPosition::AtSequence(s) => check_seq(&s)?.max(shared.trim_horizon()),
             StartingPosition::AfterSequence(s) => (check_seq(&s)? + 1).max(shared.trim_horizon()),
-            StartingPosition::AtTimestamp(ts) => blocking(move || shared.offset_at_time(ts)).await?,
+            StartingPosition::AtTimestamp(ts) => {
+                blocking(move || shared.offset_at_time(ts)).await?
+            }
         };
         Ok(ShardPosition { stream_id: state.id, shard_index: index, offset })
     }
@@ -934,20 +973,34 @@ impl StreamStore for LogStore {
         })
     }
 
-    async fn split_shard(&self, stream: &str, shard: &str, new_starting_hash_key: u128) -> Result<(), StoreError> {
+    async fn split_shard(
+        &self,
+        stream: &str,
+        shard: &str,
+        new_starting_hash_key: u128,
+    ) -> Result<(), StoreError> {
         let state = self.stream(stream)?;
         let mut catalog = self.inner.catalog.lock().await;
-        let index = parse_shard_id(shard)
-            .ok_or_else(|| StoreError::ShardNotFound { stream: stream.to_owned(), shard: shard.to_owned() })?;
+        let index = parse_shard_id(shard).ok_or_else(|| StoreError::ShardNotFound {
+            stream: stream.to_owned(),
+            shard: shard.to_owned(),
+        })?;
         self.split_locked(&mut catalog, &state, index, new_starting_hash_key).await
     }
 
-    async fn merge_shards(&self, stream: &str, shard: &str, adjacent: &str) -> Result<(), StoreError> {
+    async fn merge_shards(
+        &self,
+        stream: &str,
+        shard: &str,
+        adjacent: &str,
+    ) -> Result<(), StoreError> {
         let state = self.stream(stream)?;
         let mut catalog = self.inner.catalog.lock().await;
         let parse = |id: &str| {
-            parse_shard_id(id)
-                .ok_or_else(|| StoreError::ShardNotFound { stream: stream.to_owned(), shard: id.to_owned() })
+            parse_shard_id(id).ok_or_else(|| StoreError::ShardNotFound {
+                stream: stream.to_owned(),
+                shard: id.to_owned(),
+            })
         };
         let (a, b) = (parse(shard)?, parse(adjacent)?);
         self.merge_locked(&mut catalog, &state, a, b).await
@@ -963,12 +1016,18 @@ impl StreamStore for LogStore {
         let mut catalog = self.inner.catalog.lock().await;
         let count = u64::from(target);
         let targets: Vec<HashRange> = (0..count)
-            .map(|i| HashRange::uniform(count, i).map_err(|e| StoreError::InvalidArgument(e.to_string())))
+            .map(|i| {
+                HashRange::uniform(count, i).map_err(|e| StoreError::InvalidArgument(e.to_string()))
+            })
             .collect::<Result<_, _>>()?;
         // 1. Split wherever a target range starts inside an open shard.
         for t in targets.iter().skip(1) {
             let meta = Self::active_meta(&catalog, stream)?;
-            let holder = meta.open_shards().into_iter().find(|s| s.range().contains(t.start)).map(|s| (s.index, s.hash_start));
+            let holder = meta
+                .open_shards()
+                .into_iter()
+                .find(|s| s.range().contains(t.start))
+                .map(|s| (s.index, s.hash_start));
             if let Some((index, start)) = holder
                 && start != t.start
             {
@@ -999,7 +1058,8 @@ impl StreamStore for LogStore {
         let state = self.stream(stream)?;
         let mut catalog = self.inner.catalog.lock().await;
         let mut next = catalog.clone();
-        let meta = next.stream_mut(stream).ok_or_else(|| StoreError::StreamNotFound(stream.to_owned()))?;
+        let meta =
+            next.stream_mut(stream).ok_or_else(|| StoreError::StreamNotFound(stream.to_owned()))?;
         meta.retention_hours = hours;
         self.save_catalog(&mut catalog, next).await?;
         state.retention_ms.store(u64::from(hours) * 3_600_000, Ordering::Release);

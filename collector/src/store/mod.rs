@@ -16,8 +16,8 @@ pub mod sequence;
 pub mod shard;
 
 pub use backend::{
-    Appended, CreateStreamOptions, NewRecord, ReadBatch, ReadLimits, ShardDescription, ShardPosition,
-    StartingPosition, StoredRecord, StreamDescription, StreamStore,
+    Appended, CreateStreamOptions, NewRecord, ReadBatch, ReadLimits, ShardDescription,
+    ShardPosition, StartingPosition, StoredRecord, StreamDescription, StreamStore,
 };
 pub use catalog::StreamStatus;
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -197,8 +197,10 @@ impl BatchHeader {
         if h[0..4] != BATCH_MAGIC {
             return None;
         }
-        let le32 = |r: std::ops::Range<usize>| u32::from_le_bytes(h[r].try_into().unwrap_or([0; 4]));
-        let le64 = |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or([0; 8]));
+        let le32 =
+            |r: std::ops::Range<usize>| u32::from_le_bytes(h[r].try_into().unwrap_or([0; 4]));
+        let le64 =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or([0; 8]));
         let header = Self {
             batch_len: le32(4..8),
             crc: le32(8..12),
@@ -286,8 +288,7 @@ pub fn decode_batch(
         {
             return Err("record runs past the batch");
         }
-        let explicit_hash_key =
-            (flags & FLAG_EXPLICIT_HASH != 0).then(|| body.get_u128_le());
+        let explicit_hash_key = (flags & FLAG_EXPLICIT_HASH != 0).then(|| body.get_u128_le());
         let producer_timestamp_ms = (flags & FLAG_PRODUCER_TS != 0).then(|| body.get_u64_le());
         let key = body.split_to(key_len);
         let data = body.split_to(data_len);
@@ -376,7 +377,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
 }
 
 /// Reads index entry `i` of an index file.
-pub(crate) fn read_index_entry(index: &File, path: &Path, i: u64) -> Result<IndexEntry, SegmentError> {
+pub(crate) fn read_index_entry(
+    index: &File,
+    path: &Path,
+    i: u64,
+) -> Result<IndexEntry, SegmentError> {
     let mut b = [0u8; INDEX_ENTRY_BYTES];
     index
         .read_exact_at(&mut b, i * INDEX_ENTRY_BYTES as u64)
@@ -413,14 +418,18 @@ pub fn scan_log(
     start_offset: u64,
 ) -> Result<ScanReport, SegmentError> {
     let file_len = log.metadata().map_err(|e| SegmentError::io("stat", path, e))?.len();
-    let mut report = ScanReport { end_offset: start_offset, valid_len: start_position, ..Default::default() };
+    let mut report =
+        ScanReport { end_offset: start_offset, valid_len: start_position, ..Default::default() };
     let mut pos = start_position;
     let mut expected_offset = start_offset;
     let mut pending_corrupt: Option<u64> = None;
     let mut buf = Vec::new();
     while pos < file_len {
         match check_batch_at(log, path, pos, file_len, &mut buf)? {
-            Some(h) if h.base_offset == expected_offset || pending_corrupt.is_some() && h.base_offset > expected_offset => {
+            Some(h)
+                if h.base_offset == expected_offset
+                    || pending_corrupt.is_some() && h.base_offset > expected_offset =>
+            {
                 if let Some(bad) = pending_corrupt.take() {
                     // A valid batch follows the bad one: keep the bad one in
                     // place, indexed at the offsets it must have held.
@@ -483,7 +492,12 @@ fn check_batch_at(
 }
 
 /// Position of the next batch magic at or after `from`.
-fn find_magic(log: &File, path: &Path, from: u64, file_len: u64) -> Result<Option<u64>, SegmentError> {
+fn find_magic(
+    log: &File,
+    path: &Path,
+    from: u64,
+    file_len: u64,
+) -> Result<Option<u64>, SegmentError> {
     let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
     let mut pos = from;
     while pos < file_len {

@@ -260,38 +260,41 @@ impl ShardShared {
             let mut pos = u64::from(first.position);
             let mut batch_offset = seg.base_offset + u64::from(first.relative_offset);
             while offset < seg_end && pos < visible_len {
-                if records.len() >= limits.max_records || (bytes >= limits.max_bytes && !records.is_empty()) {
+                if records.len() >= limits.max_records
+                    || (bytes >= limits.max_bytes && !records.is_empty())
+                {
                     break 'segments;
                 }
-                let bad = match read_batch(seg, pos, visible_len).map_err(|e| self.err_segment(e))? {
-                    Ok(batch) => {
-                        let room = limits.max_records - records.len();
-                        match segment::decode_batch(batch, offset, room) {
-                            Ok((h, out)) if h.base_offset == batch_offset => {
-                                for r in out {
-                                    if bytes >= limits.max_bytes && !records.is_empty() {
-                                        break 'segments;
+                let bad =
+                    match read_batch(seg, pos, visible_len).map_err(|e| self.err_segment(e))? {
+                        Ok(batch) => {
+                            let room = limits.max_records - records.len();
+                            match segment::decode_batch(batch, offset, room) {
+                                Ok((h, out)) if h.base_offset == batch_offset => {
+                                    for r in out {
+                                        if bytes >= limits.max_bytes && !records.is_empty() {
+                                            break 'segments;
+                                        }
+                                        bytes += r.data.len() + r.partition_key.len();
+                                        offset = r.offset + 1;
+                                        records.push(r);
                                     }
-                                    bytes += r.data.len() + r.partition_key.len();
-                                    offset = r.offset + 1;
-                                    records.push(r);
+                                    batch_offset = h.base_offset + u64::from(h.record_count);
+                                    if offset < batch_offset {
+                                        break 'segments; // limit reached inside the batch
+                                    }
+                                    pos += u64::from(h.batch_len);
+                                    continue;
                                 }
-                                batch_offset = h.base_offset + u64::from(h.record_count);
-                                if offset < batch_offset {
-                                    break 'segments; // limit reached inside the batch
-                                }
-                                pos += u64::from(h.batch_len);
-                                continue;
+                                Ok(_) => Err("batch base offset out of sequence"),
+                                Err(reason) => Err(reason),
                             }
-                            Ok(_) => Err("batch base offset out of sequence"),
-                            Err(reason) => Err(reason),
                         }
+                        Err(reason) => Err(reason),
                     }
-                    Err(reason) => Err(reason),
-                }
-                .or_else(|reason| {
-                    self.bad_batch(seg, entries, pos, batch_offset, seg_end, reason, &records)
-                })?;
+                    .or_else(|reason| {
+                        self.bad_batch(seg, entries, pos, batch_offset, seg_end, reason, &records)
+                    })?;
                 if matches!(bad, BadBatch::Stop) {
                     break 'segments;
                 }
@@ -319,10 +322,11 @@ impl ShardShared {
         reason: &'static str,
         records: &[RecordOut],
     ) -> Result<BadBatch, StoreError> {
-        let next_offset = match seg.entry_after_position(pos, entries).map_err(|e| self.err_segment(e))? {
-            Some(next) => seg.base_offset + u64::from(next.relative_offset),
-            None => seg_end,
-        };
+        let next_offset =
+            match seg.entry_after_position(pos, entries).map_err(|e| self.err_segment(e))? {
+                Some(next) => seg.base_offset + u64::from(next.relative_offset),
+                None => seg_end,
+            };
         if next_offset == batch_offset {
             return Ok(BadBatch::Skip);
         }
@@ -566,7 +570,11 @@ impl ShardShared {
     /// first. With `keep_last` (an open shard) the segment being written is
     /// kept. Returns how many were deleted and whether the kept active segment
     /// is itself fully expired (the caller then asks the writer to seal it).
-    pub fn delete_expired(&self, cutoff_ms: u64, keep_last: bool) -> Result<(usize, bool), SegmentError> {
+    pub fn delete_expired(
+        &self,
+        cutoff_ms: u64,
+        keep_last: bool,
+    ) -> Result<(usize, bool), SegmentError> {
         let mut deleted = 0;
         loop {
             let victim = {
@@ -574,7 +582,8 @@ impl ShardShared {
                 let deletable = if keep_last { segs.len().saturating_sub(1) } else { segs.len() };
                 match segs.first() {
                     Some(first)
-                        if deletable > 0 && (first.is_empty() || first.last_arrival_ms() < cutoff_ms) =>
+                        if deletable > 0
+                            && (first.is_empty() || first.last_arrival_ms() < cutoff_ms) =>
                     {
                         Some(segs.remove(0))
                     }
@@ -590,8 +599,8 @@ impl ShardShared {
             sync_dir(&self.dir)?;
         }
         let segs = self.read_segments();
-        let active_expired =
-            keep_last && segs.last().is_some_and(|s| !s.is_empty() && s.last_arrival_ms() < cutoff_ms);
+        let active_expired = keep_last
+            && segs.last().is_some_and(|s| !s.is_empty() && s.last_arrival_ms() < cutoff_ms);
         Ok((deleted, active_expired))
     }
 
@@ -718,7 +727,11 @@ struct WriterState {
 }
 
 impl WriterState {
-    fn new(shard: Arc<ShardShared>, config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+    fn new(
+        shard: Arc<ShardShared>,
+        config: StoreConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
         let active = shard.read_segments().last().cloned().ok_or_else(|| {
             StoreError::InvalidArgument(format!("shard {} has no segment to write", shard.id))
         })?;
@@ -877,8 +890,11 @@ impl WriterState {
         self.buf.clear();
         segment::encode_batch(&mut self.buf, self.next_offset, arrival_ms, &records);
         let age_limit = self.config.segment_max_age.as_millis() as u64;
-        let too_old = self.first_arrival_ms.is_some_and(|f| arrival_ms.saturating_sub(f) >= age_limit);
-        if self.len > 0 && (self.len + self.buf.len() as u64 > self.config.segment_max_bytes || too_old) {
+        let too_old =
+            self.first_arrival_ms.is_some_and(|f| arrival_ms.saturating_sub(f) >= age_limit);
+        if self.len > 0
+            && (self.len + self.buf.len() as u64 > self.config.segment_max_bytes || too_old)
+        {
             self.roll()?;
         }
         let first_offset = self.next_offset;
@@ -902,7 +918,9 @@ impl WriterState {
         self.dirty = true;
         match self.config.fsync {
             FsyncPolicy::Always => self.sync_if_dirty()?,
-            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync_if_dirty()?,
+            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => {
+                self.sync_if_dirty()?
+            }
             _ => {}
         }
         self.publish();

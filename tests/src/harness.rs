@@ -1,0 +1,166 @@
+//! Starting real Weir processes for tests.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to report it is ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`,
+/// which the test command runs first): next to the test executable's `deps`
+/// directory.
+///
+/// # Panics
+/// When the binary is missing, with the command that builds it.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (the test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A `weir-collector` process running in a temp directory.
+pub struct Collector {
+    /// The child process.
+    pub child: Child,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// File receiving its stderr (its log).
+    pub log_path: PathBuf,
+    command_line: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Collector {
+    /// Starts `weir-collector serve` on a fresh temp data directory with
+    /// `extra` arguments and waits until it logs that it is ready.
+    pub fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut c = Self::start_in(&data_dir, tmp.path(), extra);
+        c._tmp = Some(tmp);
+        c
+    }
+
+    /// Starts `weir-collector serve` on `data_dir`, logging into `log_dir`,
+    /// and waits for readiness.
+    pub fn start_in(data_dir: &Path, log_dir: &Path, extra: &[&str]) -> Self {
+        let c = Self::spawn(data_dir, log_dir, extra);
+        c.wait_ready();
+        c
+    }
+
+    /// Starts the process without waiting for readiness.
+    pub fn spawn(data_dir: &Path, log_dir: &Path, extra: &[&str]) -> Self {
+        let bin = binary("weir-collector");
+        let log_path =
+            log_dir.join(format!("collector-{}.log", std::process::id() ^ rand_suffix()));
+        let log = File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(extra);
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        let command_line = format!("{cmd:?}");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {command_line}: {e}"));
+        Self { child, data_dir: data_dir.to_path_buf(), log_path, command_line, _tmp: None }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        if !wait_for(READY_TIMEOUT, || self.log().contains(" ready")) {
+            panic!("collector not ready within {READY_TIMEOUT:?}\n{}", self.report());
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_for(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} failed\n{}", self.report());
+    }
+
+    /// Command line, log and data directory listing, for failure messages.
+    pub fn report(&self) -> String {
+        let mut out = format!(
+            "command: {}\n--- log ---\n{}\n--- data dir ---\n",
+            self.command_line,
+            self.log()
+        );
+        for entry in walk(&self.data_dir) {
+            let _ = writeln!(out, "{entry}");
+        }
+        out
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+/// Every file under `dir` with its size, for failure reports.
+pub fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => out.push(format!("{} {}", p.display(), m.len())),
+                Err(_) => out.push(p.display().to_string()),
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,7 @@
+//! Test harness for Weir's end-to-end tests.
+//!
+//! Starts the real binaries as processes, each in a fresh temp directory,
+//! waits for readiness by condition (never a guessed sleep), and on failure
+//! prints the command line, the process's log and the data directory listing.
+
+pub mod harness;
