@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir_collector::store::segment::{self, RecordIn};
 use weir_collector::store::{
-    CreateStreamOptions, LogStore, ManualClock, NewRecord, ReadLimits, SequenceNumber,
+    CreateStreamOptions, FsyncPolicy, LogStore, ManualClock, NewRecord, ReadLimits, SequenceNumber,
     ShardPosition, StartingPosition, StoreConfig, StoreError, StreamStore,
 };
 use weir_wire::HashRange;
@@ -421,7 +421,15 @@ trait ManualClockExt {
 async fn run_model(seed: u64, steps: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(seed);
+    // Every policy keeps what it acknowledged across a process crash (only a
+    // power cut tells them apart), so the model holds for all three.
+    let fsync = match seed % 3 {
+        0 => FsyncPolicy::Always,
+        1 => FsyncPolicy::Interval(Duration::from_millis(5)),
+        _ => FsyncPolicy::Never,
+    };
     let config = StoreConfig {
+        fsync,
         // Small segments so rolls, sealed segments and multi-segment reads happen.
         segment_max_bytes: rng.gen_range(4096..64 * 1024),
         segment_max_age: Duration::from_secs(3600),
