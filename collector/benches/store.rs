@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p weir-collector --bench store                  # 3 runs x 3 s per case
 //! cargo bench -p weir-collector --bench store -- --runs 5 --seconds 5 --dir /data/bench
+//! cargo bench -p weir-collector --bench store -- --filter batch-100-never   # one case
 //! ```
 //!
 //! Cases (each with 100 B and 1 KiB records, on a stream of `--shards` shards):
@@ -31,11 +32,17 @@ struct Args {
     seconds: f64,
     shards: u32,
     dir: PathBuf,
+    filter: Option<String>,
 }
 
 fn parse_args() -> Args {
-    let mut args =
-        Args { runs: 3, seconds: 3.0, shards: 4, dir: PathBuf::from("target/bench-store") };
+    let mut args = Args {
+        runs: 3,
+        seconds: 3.0,
+        shards: 4,
+        dir: PathBuf::from("target/bench-store"),
+        filter: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -44,6 +51,7 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = value("--seconds").parse().expect("--seconds S"),
             "--shards" => args.shards = value("--shards").parse().expect("--shards N"),
             "--dir" => args.dir = PathBuf::from(value("--dir")),
+            "--filter" => args.filter = Some(value("--filter")),
             // cargo bench passes --bench; ignore flags we do not know.
             _ => {}
         }
@@ -202,6 +210,10 @@ fn main() {
     );
     let mut replays: Vec<(usize, Vec<f64>, Vec<f64>, u64)> = Vec::new();
     for case in cases {
+        let label = format!("{}-{}-{}", case.name, case.record_bytes, case.fsync);
+        if args.filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+            continue;
+        }
         let mut figs = Vec::new();
         for run in 0..args.runs {
             let (f, store, stream) = runtime.block_on(run_case(&args, case, run));
