@@ -164,3 +164,12 @@ pub fn walk(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a listener a test
+/// starts (bind port 0 where the process can report its port instead).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
