@@ -862,7 +862,7 @@ impl StreamStore for LogStore {
                             }));
                         }
                     }
-                    Ok(AppendReply::Closed(_recs)) => { for i in idx { results[i] = Some(Err(StoreError::ShuttingDown)); } }
+                    Ok(AppendReply::Closed(recs)) => pending.extend(idx.into_iter().zip(recs)),
                     Ok(AppendReply::Failed(e)) => {
                         for i in idx {
                             results[i] = Some(Err(e.clone()));
