@@ -171,7 +171,6 @@ pub(crate) struct ShardShared {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Offset after the last published record.
     next_offset: AtomicU64,
-    failed: Mutex<Option<String>>,
 }
 
 /// Limits of one read.
@@ -562,7 +561,6 @@ impl ShardShared {
             dir,
             segments: RwLock::new(segments),
             next_offset: AtomicU64::new(next_offset),
-            failed: Mutex::new(None),
         })
     }
 
@@ -625,17 +623,47 @@ pub(crate) enum AppendReply {
     Failed(StoreError),
 }
 
+/// Records waiting for the writer, with the way to answer their appender.
+///
+/// Whatever way it leaves the queue unanswered (the writer closed, the queue
+/// was dropped with the thread), dropping it hands the records back as
+/// [`AppendReply::Closed`] so the appender routes them again: an append is
+/// never lost between a shard's close and its children's start.
+struct PendingAppend {
+    records: Vec<RecordIn>,
+    reply: Option<oneshot::Sender<AppendReply>>,
+}
+
+impl PendingAppend {
+    fn answer(mut self, answer: AppendReply) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl Drop for PendingAppend {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(AppendReply::Closed(std::mem::take(&mut self.records)));
+        }
+    }
+}
+
 enum Request {
     Append {
-        records: Vec<RecordIn>,
+        append: PendingAppend,
         bytes: usize,
-        reply: oneshot::Sender<AppendReply>,
         _permit: OwnedSemaphorePermit,
     },
     /// Seal the active segment if it holds records (retention).
-    Seal { reply: oneshot::Sender<Result<(), StoreError>> },
+    Seal {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Write what is queued before this, sync, and stop. Replies the end offset.
-    Close { reply: oneshot::Sender<Result<u64, StoreError>> },
+    Close {
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// The handle appenders use to reach a shard's writer thread. Dropping it
@@ -673,14 +701,11 @@ impl Writer {
     pub async fn submit(&self, records: Vec<RecordIn>) -> oneshot::Receiver<AppendReply> {
         let (reply, rx) = oneshot::channel();
         let bytes = records.iter().map(RecordIn::encoded_len).sum();
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            let _ = reply.send(AppendReply::Closed(records));
-            return rx;
-        };
-        if let Err(mpsc::SendError(Request::Append { records, reply, .. })) =
-            self.tx.send(Request::Append { records, bytes, reply, _permit: permit })
-        {
-            let _ = reply.send(AppendReply::Closed(records));
+        let append = PendingAppend { records, reply: Some(reply) };
+        // Without a permit (the writer is closing) or a queue (it has
+        // stopped), dropping `append` hands the records back.
+        if let Ok(permit) = self.permits.clone().acquire_owned().await {
+            let _ = self.tx.send(Request::Append { append, bytes, _permit: permit });
         }
         rx
     }
@@ -798,12 +823,9 @@ impl WriterState {
                         None => self.sync_if_dirty().map(|()| self.next_offset),
                     };
                     let _ = reply.send(result);
-                    // Anything queued behind the close is routed anew.
-                    for req in carry.take().into_iter().chain(rx.try_iter()) {
-                        if let Request::Append { records, reply, .. } = req {
-                            let _ = reply.send(AppendReply::Closed(records));
-                        }
-                    }
+                    // Anything queued behind the close (now, or until the
+                    // queue is dropped with this thread) is routed anew when
+                    // its `PendingAppend` drops.
                     return;
                 }
                 Some(Request::Append { .. }) | None => {}
@@ -835,9 +857,6 @@ impl WriterState {
     fn fail(&mut self, e: &StoreError) {
         tracing::error!(stream = %self.shard.stream, shard = %self.shard.id, error = %e,
             "shard write failed; the shard takes no more writes until restart");
-        if let Ok(mut f) = self.shard.failed.lock() {
-            *f = Some(e.to_string());
-        }
         self.dirty = false;
         self.failed = Some(StoreError::ShardFailed {
             stream: self.shard.stream.clone(),
@@ -858,17 +877,17 @@ impl WriterState {
         }
         let mut offset = result.as_ref().map_or(0, |(first, _)| *first);
         for req in group {
-            if let Request::Append { records, reply, .. } = req {
+            if let Request::Append { append, .. } = req {
                 let answer = match (&result, &self.failed) {
                     (Ok((_, arrival_ms)), _) => {
                         let first_offset = offset;
-                        offset += records.len() as u64;
+                        offset += append.records.len() as u64;
                         AppendReply::Done { first_offset, arrival_ms: *arrival_ms }
                     }
                     (Err(_), Some(failed)) => AppendReply::Failed(failed.clone()),
                     (Err(e), None) => AppendReply::Failed(e.clone()),
                 };
-                let _ = reply.send(answer);
+                append.answer(answer);
             }
         }
     }
@@ -879,7 +898,7 @@ impl WriterState {
         let records: Vec<&RecordIn> = group
             .iter()
             .flat_map(|r| match r {
-                Request::Append { records, .. } => records.as_slice(),
+                Request::Append { append, .. } => append.records.as_slice(),
                 _ => &[],
             })
             .collect();
