@@ -1,10 +1,11 @@
-//! `weir-collector`: command-line entry point.
+//! `weir-collector`: command-line entry point. Parses flags, sets up logging,
+//! runs [`weir_collector::run`] until SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weir_collector::store::FsyncPolicy;
+use weir_collector::Config;
 
 /// Weir's collector: durable sharded telemetry streams.
 #[derive(Parser)]
@@ -24,12 +25,18 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
-    /// Data directory of the embedded store.
-    #[arg(long, default_value = "weir-data")]
-    data_dir: PathBuf,
-    /// When appends are forced to disk: always, interval:<ms> or never.
-    #[arg(long, default_value = "always")]
-    fsync: FsyncPolicy,
+    /// TOML configuration file; flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded store [default: weir-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// When appends are forced to disk: always, interval:<ms> or never [default: always].
+    #[arg(long)]
+    fsync: Option<String>,
+    /// Once serving, write what was bound (JSON) to this file.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,45 +52,73 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };
+    let config = config_from(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(config, args.ready_file))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = weir_collector::Config {
-        data_dir: args.data_dir.clone(),
-        store: weir_collector::store::StoreConfig { fsync: args.fsync, ..Default::default() },
+/// The file's configuration (or the defaults) with the flags applied.
+fn config_from(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
     };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if let Some(fsync) = &args.fsync {
+        config.store.fsync.clone_from(fsync);
+        config.origin = "command line".into();
+    }
+    config.store_config()?;
+    Ok(config)
+}
+
+async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let mut ready_error = None;
     weir_collector::run(
         config,
-        |store| {
-            tracing::info!(data_dir = %store.root().display(), fsync = %args.fsync, "ready");
+        |ready, store| {
+            tracing::info!(data_dir = %store.root().display(), "ready");
+            if let Some(path) = &ready_file
+                && let Err(e) = write_ready_file(path, ready)
+            {
+                ready_error = Some(e);
+            }
         },
         shutdown_signal(),
     )
     .await
-    .with_context(|| format!("running the collector on {}", args.data_dir.display()))
+    .with_context(|| format!("running the collector on {}", data_dir.display()))?;
+    match ready_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Writes the ready report atomically (temp file, rename), so a reader never
+/// sees half of it.
+fn write_ready_file(path: &std::path::Path, ready: &weir_collector::Ready) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(ready)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the collector");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the collector");
+            let _ = ctrl_c.await;
+            return;
         }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

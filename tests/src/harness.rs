@@ -51,6 +51,8 @@ pub struct Collector {
     pub data_dir: PathBuf,
     /// File receiving its stderr (its log).
     pub log_path: PathBuf,
+    /// Where the process writes what it bound once it serves.
+    pub ready_path: PathBuf,
     command_line: String,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -77,15 +79,24 @@ impl Collector {
     /// Starts the process without waiting for readiness.
     pub fn spawn(data_dir: &Path, log_dir: &Path, extra: &[&str]) -> Self {
         let bin = binary("weir-collector");
-        let log_path =
-            log_dir.join(format!("collector-{}.log", std::process::id() ^ rand_suffix()));
+        let name = format!("collector-{}", std::process::id() ^ rand_suffix());
+        let log_path = log_dir.join(format!("{name}.log"));
+        let ready_path = log_dir.join(format!("{name}.ready.json"));
         let log = File::create(&log_path).expect("log file");
         let mut cmd = Command::new(&bin);
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(extra);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).arg("--ready-file").arg(&ready_path);
+        cmd.args(extra);
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let command_line = format!("{cmd:?}");
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {command_line}: {e}"));
-        Self { child, data_dir: data_dir.to_path_buf(), log_path, command_line, _tmp: None }
+        Self {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+            ready_path,
+            command_line,
+            _tmp: None,
+        }
     }
 
     /// The process's log so far.
@@ -94,9 +105,18 @@ impl Collector {
     }
 
     fn wait_ready(&self) {
-        if !wait_for(READY_TIMEOUT, || self.log().contains(" ready")) {
+        if !wait_for(READY_TIMEOUT, || self.ready_path.exists()) {
             panic!("collector not ready within {READY_TIMEOUT:?}\n{}", self.report());
         }
+    }
+
+    /// What the process reported once serving (its `--ready-file`): the data
+    /// directory and the address of every listener it bound.
+    pub fn ready(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.ready_path).unwrap_or_else(|e| {
+            panic!("reading {}: {e}\n{}", self.ready_path.display(), self.report())
+        });
+        serde_json::from_str(&text).expect("ready file is JSON")
     }
 
     /// Waits for the process to exit by itself.

@@ -1,0 +1,189 @@
+//! The collector's configuration: a TOML file (`--config FILE`) whose every
+//! key has a default, overridden by command-line flags.
+//!
+//! ```toml
+//! data_dir = "weir-data"
+//!
+//! [store]
+//! fsync = "always"            # always | interval:<ms> | never
+//! segment_max_bytes = 134217728
+//! segment_max_age_secs = 3600
+//! ```
+//!
+//! Unknown keys are errors, and every error names the file, the line and the
+//! key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{FsyncPolicy, StoreConfig};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or name.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        /// The file, or "command line".
+        origin: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration of a collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// The embedded store.
+    pub store: StoreSection,
+    /// Where the configuration came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("weir-data"),
+            store: StoreSection::default(),
+            origin: "defaults".into(),
+        }
+    }
+}
+
+/// `[store]`: durability and segment sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `always` (default), `interval:<ms>` or `never`.
+    pub fsync: String,
+    /// A segment is sealed past this size.
+    pub segment_max_bytes: u64,
+    /// A segment is sealed once its first record is this old (seconds).
+    pub segment_max_age_secs: u64,
+    /// How often retention runs (seconds).
+    pub retention_check_interval_secs: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let d = StoreConfig::default();
+        Self {
+            fsync: d.fsync.to_string(),
+            segment_max_bytes: d.segment_max_bytes,
+            segment_max_age_secs: d.segment_max_age.as_secs(),
+            retention_check_interval_secs: d.retention_check_interval.as_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a TOML configuration file.
+    ///
+    /// # Errors
+    /// The file cannot be read, does not parse, has an unknown key, or a value
+    /// is out of range; the error names the file, line and key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text as if read from `path`.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                text.get(..s.start).map_or(0, |before| before.matches('\n').count() + 1)
+            });
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.origin = path.display().to_string();
+        config.store_config()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The store settings, checked.
+    ///
+    /// # Errors
+    /// A value out of range, by key.
+    pub fn store_config(&self) -> Result<StoreConfig, ConfigError> {
+        let fsync: FsyncPolicy =
+            self.store.fsync.parse().map_err(|e| self.invalid("store.fsync", format!("{e}")))?;
+        let config = StoreConfig {
+            fsync,
+            segment_max_bytes: self.store.segment_max_bytes,
+            segment_max_age: Duration::from_secs(self.store.segment_max_age_secs),
+            retention_check_interval: Duration::from_secs(self.store.retention_check_interval_secs),
+        };
+        config.validate().map_err(|e| self.invalid(&format!("store.{}", e.key), e.message))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = Config::parse("", Path::new("c.toml")).expect("parse");
+        assert_eq!(c.data_dir, PathBuf::from("weir-data"));
+        assert_eq!(c.store_config().expect("store").fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e =
+            Config::parse("data_dir = \"d\"\n[store]\nfsinc = \"never\"\n", Path::new("c.toml"))
+                .expect_err("unknown key");
+        let text = e.to_string();
+        assert!(text.starts_with("c.toml:3:") && text.contains("fsinc"), "{text}");
+        let e = Config::parse("[store]\nfsync = \"sometimes\"\n", Path::new("c.toml"))
+            .expect_err("bad policy");
+        assert!(e.to_string().contains("`store.fsync`"), "{e}");
+        let e = Config::parse("[store]\nsegment_max_bytes = 10\n", Path::new("c.toml"))
+            .expect_err("small segment");
+        assert!(e.to_string().contains("`store.segment_max_bytes`"), "{e}");
+    }
+}
