@@ -13,6 +13,7 @@ use weir_wire::HashRange;
 
 use super::catalog::StreamStatus;
 use super::error::StoreError;
+pub use super::producer::ProducerBatch;
 use super::segment::RecordIn;
 use super::sequence::SequenceNumber;
 pub use super::shard::ReadLimits;
@@ -214,6 +215,19 @@ pub trait StreamStore: Send + Sync + 'static {
         records: Vec<NewRecord>,
     ) -> impl Future<Output = Result<Vec<Result<Appended, StoreError>>, StoreError>> + Send;
 
+    /// Appends one batch of an idempotent producer. Like
+    /// [`append`](Self::append), except that a shard which already holds this
+    /// producer's batch (same or higher `batch_seq`, appended before a lost
+    /// acknowledgement, a reconnect or a restart) appends nothing: its records
+    /// answer `Ok(None)`. Exactly once per record, across crashes and
+    /// reshards.
+    fn append_batch(
+        &self,
+        stream: &str,
+        producer: ProducerBatch,
+        records: Vec<NewRecord>,
+    ) -> impl Future<Output = Result<Vec<Result<Option<Appended>, StoreError>>, StoreError>> + Send;
+
     /// Resolves a starting position in a shard.
     fn position(
         &self,
@@ -260,4 +274,75 @@ pub trait StreamStore: Send + Sync + 'static {
         stream: &str,
         hours: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates a stream as [`create_stream`](Self::create_stream) does, with
+    /// its settings (mode, write limits, tags) in the same catalog change.
+    fn create_stream_with(
+        &self,
+        name: &str,
+        options: CreateStreamOptions,
+        settings: StreamSettings,
+    ) -> impl Future<Output = Result<StreamDescription, StoreError>> + Send;
+
+    /// A stream's description with its settings and each shard's lifetime,
+    /// read in one consistent view.
+    fn stream_details(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<StreamDetails, StoreError>> + Send;
+
+    /// Applies `changes` in order, as one catalog change, and returns the
+    /// settings that result. Adding tags past [`MAX_TAGS_PER_STREAM`] is
+    /// refused with [`StoreError::LimitExceeded`] and changes nothing.
+    fn change_stream_settings(
+        &self,
+        name: &str,
+        changes: Vec<SettingsChange>,
+    ) -> impl Future<Output = Result<StreamSettings, StoreError>> + Send;
+}
+
+pub use super::catalog::{MAX_TAGS_PER_STREAM, StreamMode};
+
+/// A stream's settings besides its shards and retention.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Capacity mode, as reported to clients.
+    pub mode: StreamMode,
+    /// Whether each shard is held to 1 MiB/s and 1,000 records/s of writes.
+    pub write_limits: bool,
+    /// Tags, by key.
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// One change of a stream's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsChange {
+    /// Set the capacity mode.
+    Mode(StreamMode),
+    /// Turn per-shard write limits on or off.
+    WriteLimits(bool),
+    /// Add tags, replacing the values of keys already present.
+    AddTags(Vec<(String, String)>),
+    /// Remove tags by key; absent keys are ignored.
+    RemoveTags(Vec<String>),
+}
+
+/// When a shard was created and closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLifetime {
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Closing time (ms since the Unix epoch) once closed.
+    pub closed_ms: Option<u64>,
+}
+
+/// What [`StreamStore::stream_details`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDetails {
+    /// The stream and its shards.
+    pub description: StreamDescription,
+    /// Its settings.
+    pub settings: StreamSettings,
+    /// Each shard's lifetime, by shard index.
+    pub lifetimes: std::collections::BTreeMap<u64, ShardLifetime>,
 }

@@ -9,6 +9,7 @@
 //! old or the new catalog, never a mix. A catalog that does not parse stops
 //! the store from opening (it is never silently replaced).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,40 @@ pub struct StreamMeta {
     pub next_shard_index: u64,
     /// Every shard not yet removed by retention, open and closed, by index.
     pub shards: Vec<ShardMeta>,
+    /// Capacity mode as reported to Kinesis clients (absent: PROVISIONED).
+    #[serde(default)]
+    pub mode: StreamMode,
+    /// Whether each shard is held to Kinesis's per-shard write limits (see
+    /// `throttle`); absent: off.
+    #[serde(default)]
+    pub write_limits: bool,
+    /// The stream's tags (at most [`MAX_TAGS_PER_STREAM`]); absent: none.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Most tags one stream carries (Kinesis's limit).
+pub const MAX_TAGS_PER_STREAM: usize = 50;
+
+/// A stream's capacity mode (Kinesis's StreamModeDetails names).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StreamMode {
+    /// Shard count set by the operator.
+    #[default]
+    Provisioned,
+    /// Capacity managed by the collector.
+    OnDemand,
+}
+
+impl StreamMode {
+    /// Kinesis's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioned => "PROVISIONED",
+            Self::OnDemand => "ON_DEMAND",
+        }
+    }
 }
 
 /// One shard.
@@ -253,6 +288,9 @@ mod tests {
                 created_ms: 5,
                 closed: Some(ClosedMeta { end_offset: 9, closed_ms: 6 }),
             }],
+            mode: StreamMode::OnDemand,
+            write_limits: true,
+            tags: BTreeMap::from([("team".to_owned(), "edge".to_owned())]),
         });
         c.save(dir.path()).expect("save");
         assert_eq!(Catalog::load(dir.path()).expect("load"), c);

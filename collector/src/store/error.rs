@@ -99,6 +99,15 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shutting down")]
     ShuttingDown,
+    /// The stream enforces per-shard write limits and this shard's budget for
+    /// the current second is spent; the record was not appended (retry later).
+    #[error("rate exceeded for shard {shard} in stream {stream:?}")]
+    ThroughputExceeded {
+        /// The stream.
+        stream: String,
+        /// The shard.
+        shard: String,
+    },
 }
 
 impl From<SegmentError> for StoreError {

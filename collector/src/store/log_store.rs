@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -28,16 +28,21 @@ use weir_wire::{HashRange, validate_data, validate_partition_key};
 
 use super::backend::{
     Appended, CreateStreamOptions, MAX_RETENTION_HOURS, MAX_SHARDS_PER_STREAM, MIN_RETENTION_HOURS,
-    NewRecord, ReadBatch, ReadLimits, ShardDescription, ShardPosition, StartingPosition,
-    StoredRecord, StreamDescription, StreamStore,
+    NewRecord, ReadBatch, ReadLimits, SettingsChange, ShardDescription, ShardLifetime,
+    ShardPosition, StartingPosition, StoredRecord, StreamDescription, StreamDetails,
+    StreamSettings, StreamStore,
 };
-use super::catalog::{Catalog, ClosedMeta, ShardMeta, StreamMeta, StreamStatus, shard_dir};
+use super::catalog::{
+    Catalog, ClosedMeta, MAX_TAGS_PER_STREAM, ShardMeta, StreamMeta, StreamStatus, shard_dir,
+};
 use super::clock::{Clock, SystemClock};
 use super::config::StoreConfig;
 use super::error::StoreError;
+use super::producer::{self, MAX_PRODUCER_ID_BYTES, ProducerBatch, ProducerTable};
 use super::shard::{
     AppendReply, MAX_APPEND_BYTES, ShardShared, Writer, parse_shard_id, sequence_of, shard_id,
 };
+use super::throttle::WriteLimiter;
 
 /// How long an append whose shard just closed waits for the new routing table
 /// before it fails; a reshard publishes it right after its catalog is saved.
@@ -63,12 +68,12 @@ impl ShardHandle {
         self.closed.lock().ok().and_then(|c| c.clone())
     }
 
-    /// Stops the writer and returns the shard's end offset.
-    async fn close_writer(&self) -> Result<u64, StoreError> {
+    /// Stops the writer and returns the shard's end offset and producer table.
+    async fn close_writer(&self) -> Result<(u64, ProducerTable), StoreError> {
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         match writer {
             Some(w) => w.close().await,
-            None => Ok(self.shared.next_offset()),
+            None => Ok((self.shared.next_offset(), ProducerTable::new())),
         }
     }
 }
@@ -94,6 +99,9 @@ struct StreamState {
     retention_ms: AtomicU64,
     routing: watch::Sender<Arc<Routing>>,
     shards: RwLock<BTreeMap<u64, Arc<ShardHandle>>>,
+    /// Whether appends are held to per-shard write limits (`throttle`).
+    write_limits: AtomicBool,
+    limiter: WriteLimiter,
 }
 
 impl StreamState {
@@ -395,13 +403,17 @@ impl LogStore {
         stream_name: &str,
         stream_id: u64,
         indexes: Vec<u64>,
+        seed: Option<ProducerTable>,
     ) -> Result<Vec<Arc<ShardHandle>>, StoreError> {
         let mut out = Vec::with_capacity(indexes.len());
         for index in indexes {
             let dir = shard_dir(&self.inner.root, stream_id, index);
             let name = stream_name.to_owned();
-            let shared =
-                Arc::new(blocking(move || Ok(ShardShared::open(&name, dir, index, None)?)).await?);
+            let seed = seed.clone();
+            let shared = Arc::new(
+                blocking(move || Ok(ShardShared::open(&name, dir, index, None, seed.as_ref())?))
+                    .await?,
+            );
             let writer =
                 Writer::start(shared.clone(), self.inner.config.clone(), self.inner.clock.clone())?;
             out.push(Arc::new(ShardHandle {
@@ -440,9 +452,16 @@ impl LogStore {
                 shard: shard_id(*p),
             })?);
         }
+        // Children inherit their parents' producer tables, so a producer
+        // batch a parent holds is a duplicate in the children too.
         let mut ends = Vec::new();
+        let mut tables = Vec::new();
+        let mut seed = ProducerTable::new();
         for h in &handles {
-            ends.push(h.close_writer().await?);
+            let (end, table) = h.close_writer().await?;
+            producer::merge(&mut seed, &table);
+            ends.push(end);
+            tables.push(table);
         }
         let first_child = meta.next_shard_index;
         let child_indexes: Vec<u64> = (first_child..first_child + children.len() as u64).collect();
@@ -464,7 +483,8 @@ impl LogStore {
             });
         }
         meta.next_shard_index += children.len() as u64;
-        let opened = self.open_new_shards(&stream.name, stream.id, child_indexes.clone()).await;
+        let opened =
+            self.open_new_shards(&stream.name, stream.id, child_indexes.clone(), Some(seed)).await;
         let saved = match opened {
             Ok(new) => self.save_catalog(catalog, next).await.map(|()| new),
             Err(e) => Err(e),
@@ -473,7 +493,8 @@ impl LogStore {
             Ok(new) => new,
             Err(e) => {
                 // Undo: the parents take writes again; the children never existed.
-                for h in &handles {
+                for (h, table) in handles.iter().zip(tables) {
+                    h.shared.restore_producers(table);
                     if let Ok(w) = Writer::start(
                         h.shared.clone(),
                         self.inner.config.clone(),
@@ -505,6 +526,144 @@ impl LogStore {
         stream.publish_routing(meta);
         tracing::info!(stream = %stream.name, parents = ?parents, children = ?child_indexes, "resharded");
         Ok(child_indexes)
+    }
+
+    /// Appends records, each to the open shard owning its hash key; with a
+    /// producer `tag`, a shard that already holds that producer batch appends
+    /// nothing and its records answer `Ok(None)`.
+    async fn append_tagged(
+        &self,
+        stream: &str,
+        records: Vec<NewRecord>,
+        tag: Option<ProducerBatch>,
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        let total: usize = records.iter().map(NewRecord::encoded_len).sum();
+        if total > MAX_APPEND_BYTES {
+            return Err(StoreError::InvalidArgument(format!(
+                "one append carries {total} bytes, more than {MAX_APPEND_BYTES}"
+            )));
+        }
+        let state = self.stream(stream)?;
+        let mut results: Vec<Option<Result<Option<Appended>, StoreError>>> =
+            vec![None; records.len()];
+        let mut pending: Vec<(usize, NewRecord)> = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            match validate_partition_key(&r.partition_key).and_then(|()| validate_data(&r.data)) {
+                Ok(()) => pending.push((i, r)),
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        let mut routing_rx = state.routing.subscribe();
+        for attempt in 0..=MAX_REROUTES {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                // Some records met a closed shard: wait for the new table.
+                match tokio::time::timeout(REROUTE_WAIT, routing_rx.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(StoreError::StreamNotFound(stream.to_owned())),
+                    Err(_) => break,
+                }
+            }
+            let routing = routing_rx.borrow_and_update().clone();
+            // Group by shard, keeping each shard's records in call order.
+            let mut groups: Vec<(Arc<ShardHandle>, Vec<usize>, Vec<NewRecord>)> = Vec::new();
+            for (i, r) in pending.drain(..) {
+                let hash =
+                    r.explicit_hash_key.unwrap_or_else(|| weir_wire::hash_key(&r.partition_key));
+                let Some(shard) = routing.route(hash) else {
+                    results[i] = Some(Err(StoreError::StreamNotActive {
+                        stream: stream.to_owned(),
+                        status: "DELETING",
+                    }));
+                    continue;
+                };
+                match groups.iter_mut().find(|(s, _, _)| Arc::ptr_eq(s, shard)) {
+                    Some((_, idx, recs)) => {
+                        idx.push(i);
+                        recs.push(r);
+                    }
+                    None => groups.push((shard.clone(), vec![i], vec![r])),
+                }
+            }
+            let mut waiting = Vec::with_capacity(groups.len());
+            for (shard, idx, recs) in groups {
+                // Per-shard write limits (`throttle`), only where the stream
+                // enables them. A tagged batch is admitted whole or not at
+                // all, so its retry is never mistaken for a duplicate.
+                let (idx, recs) = if state.write_limits.load(Ordering::Acquire) {
+                    let sizes: Vec<usize> =
+                        recs.iter().map(|r| r.partition_key.len() + r.data.len()).collect();
+                    let now = self.inner.clock.now_ms();
+                    let admitted =
+                        state.limiter.admit(shard.shared.index, now, &sizes, tag.is_some());
+                    let (mut keep_idx, mut keep_recs) = (Vec::new(), Vec::new());
+                    for ((i, r), ok) in idx.into_iter().zip(recs).zip(admitted) {
+                        if ok {
+                            keep_idx.push(i);
+                            keep_recs.push(r);
+                        } else {
+                            results[i] = Some(Err(StoreError::ThroughputExceeded {
+                                stream: stream.to_owned(),
+                                shard: shard.shared.id.clone(),
+                            }));
+                        }
+                    }
+                    (keep_idx, keep_recs)
+                } else {
+                    (idx, recs)
+                };
+                if recs.is_empty() {
+                    continue;
+                }
+                let reply = match shard.writer() {
+                    Some(w) => w.submit(recs, tag.clone()).await,
+                    None => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let _ = tx.send(AppendReply::Closed(recs));
+                        rx
+                    }
+                };
+                waiting.push((shard, idx, reply));
+            }
+            for (shard, idx, reply) in waiting {
+                match reply.await {
+                    Ok(AppendReply::Done { first_offset, arrival_ms }) => {
+                        for (k, i) in idx.into_iter().enumerate() {
+                            results[i] = Some(Ok(Some(Appended {
+                                shard_id: shard.shared.id.clone(),
+                                sequence: sequence_of(shard.shared.index, first_offset + k as u64),
+                                arrival_ms,
+                            })));
+                        }
+                    }
+                    Ok(AppendReply::Closed(recs)) => pending.extend(idx.into_iter().zip(recs)),
+                    Ok(AppendReply::Duplicate) => {
+                        for i in idx {
+                            results[i] = Some(Ok(None));
+                        }
+                    }
+                    Ok(AppendReply::Failed(e)) => {
+                        for i in idx {
+                            results[i] = Some(Err(e.clone()));
+                        }
+                    }
+                    Err(_) => {
+                        for i in idx {
+                            results[i] = Some(Err(StoreError::ShuttingDown));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, _) in pending {
+            results[i] = Some(Err(StoreError::StreamNotActive {
+                stream: stream.to_owned(),
+                status: "UPDATING",
+            }));
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::ShuttingDown))).collect())
     }
 
     fn active_meta<'c>(catalog: &'c Catalog, name: &str) -> Result<&'c StreamMeta, StoreError> {
@@ -626,6 +785,7 @@ fn recover(
                 dir,
                 s.index,
                 s.closed.map(|c| c.end_offset),
+                None,
             )?);
             let writer = if s.is_open() {
                 Some(Arc::new(Writer::start(shared.clone(), config.clone(), clock.clone())?))
@@ -648,12 +808,27 @@ fn recover(
             retention_ms: AtomicU64::new(u64::from(meta.retention_hours) * 3_600_000),
             routing: watch::Sender::new(Arc::new(Routing::default())),
             shards: RwLock::new(shards),
+            write_limits: AtomicBool::new(meta.write_limits),
+            limiter: WriteLimiter::default(),
         });
         state.publish_routing(meta);
         streams.insert(meta.name.clone(), state);
     }
     tracing::info!(root = %root.display(), streams = streams.len(), "store opened");
     Ok((catalog, lock, streams))
+}
+
+fn validate_tag_count(count: usize) -> Result<(), StoreError> {
+    if count > MAX_TAGS_PER_STREAM {
+        return Err(StoreError::LimitExceeded(format!(
+            "a stream carries at most {MAX_TAGS_PER_STREAM} tags, {count} asked for"
+        )));
+    }
+    Ok(())
+}
+
+fn settings_of(meta: &StreamMeta) -> StreamSettings {
+    StreamSettings { mode: meta.mode, write_limits: meta.write_limits, tags: meta.tags.clone() }
 }
 
 fn remove_dir_if_exists(dir: &Path) -> Result<(), StoreError> {
@@ -665,12 +840,14 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl StreamStore for LogStore {
-    async fn create_stream(
+    async fn create_stream_with(
         &self,
         name: &str,
         options: CreateStreamOptions,
+        settings: StreamSettings,
     ) -> Result<StreamDescription, StoreError> {
         validate_stream_name(name)?;
+        validate_tag_count(settings.tags.len())?;
         validate_retention(options.retention_hours)?;
         if !(1..=MAX_SHARDS_PER_STREAM).contains(&options.shard_count) {
             return Err(StoreError::InvalidArgument(format!(
@@ -710,9 +887,12 @@ impl StreamStore for LogStore {
             retention_hours: options.retention_hours,
             next_shard_index: count,
             shards,
+            mode: settings.mode,
+            write_limits: settings.write_limits,
+            tags: settings.tags,
         };
         next.streams.push(meta.clone());
-        let handles = match self.open_new_shards(name, id, (0..count).collect()).await {
+        let handles = match self.open_new_shards(name, id, (0..count).collect(), None).await {
             Ok(h) => h,
             Err(e) => {
                 let _ = remove_dir_if_exists(&Catalog::stream_dir(&self.inner.root, id));
@@ -732,6 +912,8 @@ impl StreamStore for LogStore {
             retention_ms: AtomicU64::new(u64::from(options.retention_hours) * 3_600_000),
             routing: watch::Sender::new(Arc::new(Routing::default())),
             shards: RwLock::new((0..count).zip(handles).collect()),
+            write_limits: AtomicBool::new(meta.write_limits),
+            limiter: WriteLimiter::default(),
         });
         state.publish_routing(&meta);
         if let Ok(mut streams) = self.inner.streams.write() {
@@ -790,99 +972,34 @@ impl StreamStore for LogStore {
         stream: &str,
         records: Vec<NewRecord>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        let total: usize = records.iter().map(NewRecord::encoded_len).sum();
-        if total > MAX_APPEND_BYTES {
+        let results = self.append_tagged(stream, records, None).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|a| {
+                    a.ok_or_else(|| {
+                        StoreError::InvalidArgument(
+                            "an untagged append was taken for a duplicate".into(),
+                        )
+                    })
+                })
+            })
+            .collect())
+    }
+
+    async fn append_batch(
+        &self,
+        stream: &str,
+        producer: ProducerBatch,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        if producer.producer_id.is_empty() || producer.producer_id.len() > MAX_PRODUCER_ID_BYTES {
             return Err(StoreError::InvalidArgument(format!(
-                "one append carries {total} bytes, more than {MAX_APPEND_BYTES}"
+                "producer id must be 1 to {MAX_PRODUCER_ID_BYTES} bytes, not {}",
+                producer.producer_id.len()
             )));
         }
-        let state = self.stream(stream)?;
-        let mut results: Vec<Option<Result<Appended, StoreError>>> = vec![None; records.len()];
-        let mut pending: Vec<(usize, NewRecord)> = Vec::with_capacity(records.len());
-        for (i, r) in records.into_iter().enumerate() {
-            match validate_partition_key(&r.partition_key).and_then(|()| validate_data(&r.data)) {
-                Ok(()) => pending.push((i, r)),
-                Err(e) => results[i] = Some(Err(e.into())),
-            }
-        }
-        let mut routing_rx = state.routing.subscribe();
-        for attempt in 0..=MAX_REROUTES {
-            if pending.is_empty() {
-                break;
-            }
-            if attempt > 0 {
-                // Some records met a closed shard: wait for the new table.
-                match tokio::time::timeout(REROUTE_WAIT, routing_rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(StoreError::StreamNotFound(stream.to_owned())),
-                    Err(_) => break,
-                }
-            }
-            let routing = routing_rx.borrow_and_update().clone();
-            // Group by shard, keeping each shard's records in call order.
-            let mut groups: Vec<(Arc<ShardHandle>, Vec<usize>, Vec<NewRecord>)> = Vec::new();
-            for (i, r) in pending.drain(..) {
-                let hash =
-                    r.explicit_hash_key.unwrap_or_else(|| weir_wire::hash_key(&r.partition_key));
-                let Some(shard) = routing.route(hash) else {
-                    results[i] = Some(Err(StoreError::StreamNotActive {
-                        stream: stream.to_owned(),
-                        status: "DELETING",
-                    }));
-                    continue;
-                };
-                match groups.iter_mut().find(|(s, _, _)| Arc::ptr_eq(s, shard)) {
-                    Some((_, idx, recs)) => {
-                        idx.push(i);
-                        recs.push(r);
-                    }
-                    None => groups.push((shard.clone(), vec![i], vec![r])),
-                }
-            }
-            let mut waiting = Vec::with_capacity(groups.len());
-            for (shard, idx, recs) in groups {
-                let reply = match shard.writer() {
-                    Some(w) => w.submit(recs).await,
-                    None => {
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        let _ = tx.send(AppendReply::Closed(recs));
-                        rx
-                    }
-                };
-                waiting.push((shard, idx, reply));
-            }
-            for (shard, idx, reply) in waiting {
-                match reply.await {
-                    Ok(AppendReply::Done { first_offset, arrival_ms }) => {
-                        for (k, i) in idx.into_iter().enumerate() {
-                            results[i] = Some(Ok(Appended {
-                                shard_id: shard.shared.id.clone(),
-                                sequence: sequence_of(shard.shared.index, first_offset + k as u64),
-                                arrival_ms,
-                            }));
-                        }
-                    }
-                    Ok(AppendReply::Closed(recs)) => pending.extend(idx.into_iter().zip(recs)),
-                    Ok(AppendReply::Failed(e)) => {
-                        for i in idx {
-                            results[i] = Some(Err(e.clone()));
-                        }
-                    }
-                    Err(_) => {
-                        for i in idx {
-                            results[i] = Some(Err(StoreError::ShuttingDown));
-                        }
-                    }
-                }
-            }
-        }
-        for (i, _) in pending {
-            results[i] = Some(Err(StoreError::StreamNotActive {
-                stream: stream.to_owned(),
-                status: "UPDATING",
-            }));
-        }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::ShuttingDown))).collect())
+        self.append_tagged(stream, records, Some(producer)).await
     }
 
     async fn position(
@@ -1064,5 +1181,60 @@ impl StreamStore for LogStore {
         self.save_catalog(&mut catalog, next).await?;
         state.retention_ms.store(u64::from(hours) * 3_600_000, Ordering::Release);
         Ok(())
+    }
+
+    async fn create_stream(
+        &self,
+        name: &str,
+        options: CreateStreamOptions,
+    ) -> Result<StreamDescription, StoreError> {
+        self.create_stream_with(name, options, StreamSettings::default()).await
+    }
+
+    async fn stream_details(&self, name: &str) -> Result<StreamDetails, StoreError> {
+        let catalog = self.inner.catalog.lock().await;
+        let meta =
+            catalog.stream(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
+        let lifetimes = meta
+            .shards
+            .iter()
+            .map(|s| {
+                let life = ShardLifetime {
+                    created_ms: s.created_ms,
+                    closed_ms: s.closed.map(|c| c.closed_ms),
+                };
+                (s.index, life)
+            })
+            .collect();
+        Ok(StreamDetails { description: describe(meta), settings: settings_of(meta), lifetimes })
+    }
+
+    async fn change_stream_settings(
+        &self,
+        name: &str,
+        changes: Vec<SettingsChange>,
+    ) -> Result<StreamSettings, StoreError> {
+        let state = self.stream(name)?;
+        let mut catalog = self.inner.catalog.lock().await;
+        let mut next = catalog.clone();
+        let meta =
+            next.stream_mut(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
+        for change in changes {
+            match change {
+                SettingsChange::Mode(mode) => meta.mode = mode,
+                SettingsChange::WriteLimits(on) => meta.write_limits = on,
+                SettingsChange::AddTags(tags) => meta.tags.extend(tags),
+                SettingsChange::RemoveTags(keys) => {
+                    for k in keys {
+                        meta.tags.remove(&k);
+                    }
+                }
+            }
+        }
+        validate_tag_count(meta.tags.len())?;
+        let settings = settings_of(meta);
+        self.save_catalog(&mut catalog, next).await?;
+        state.write_limits.store(settings.write_limits, Ordering::Release);
+        Ok(settings)
     }
 }

@@ -11,17 +11,21 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod log_store;
+pub mod producer;
 pub mod segment;
 pub mod sequence;
 pub mod shard;
+pub mod throttle;
 
 pub use backend::{
     Appended, CreateStreamOptions, NewRecord, ReadBatch, ReadLimits, ShardDescription,
     ShardPosition, StartingPosition, StoredRecord, StreamDescription, StreamStore,
 };
-pub use catalog::StreamStatus;
+pub use backend::{SettingsChange, ShardLifetime, StreamDetails, StreamSettings};
+pub use catalog::{StreamMode, StreamStatus};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FsyncPolicy, StoreConfig};
 pub use error::StoreError;
 pub use log_store::{LogStore, RetentionReport};
+pub use producer::ProducerBatch;
 pub use sequence::SequenceNumber;

@@ -31,17 +31,22 @@
 //!                         batch, ms since the Unix epoch; non-decreasing in a shard
 //! then record_count records, each
 //!   0       flags         u8: bit 0 explicit hash key present,
-//!                         bit 1 producer timestamp present, bits 2..8 zero
+//!                         bit 1 producer timestamp present,
+//!                         bit 2 producer tag present, bits 3..8 zero
 //!   1..3    key_len       u16, partition key length in bytes (1..=1024)
 //!   3..7    data_len      u32, data length in bytes (<= 1 MiB)
 //!   [16 bytes explicit hash key, u128]   if flags bit 0
 //!   [8 bytes producer timestamp ms, u64] if flags bit 1
+//!   [producer tag]                       if flags bit 2:
+//!       u8 id_len (1..=64), id_len bytes producer id (UTF-8),
+//!       u64 batch sequence number
 //!   key_len bytes   partition key, UTF-8
 //!   data_len bytes  data
 //! ```
 //!
 //! A batch is what one group commit of the shard's writer wrote: it can hold
-//! the records of many producers. The batch is the unit of the CRC, of the
+//! the records of many producers. The producer tag marks the first record an
+//! idempotent append put in this shard (see `producer`); readers skip it. The batch is the unit of the CRC, of the
 //! index and of a torn write.
 //!
 //! # `.index`: one fixed 16-byte entry per batch
@@ -81,6 +86,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 
+use super::producer::{MAX_PRODUCER_ID_BYTES, ProducerBatch};
+
 /// Magic bytes that open every batch.
 pub const BATCH_MAGIC: [u8; 4] = *b"WRB1";
 /// Size of a batch header.
@@ -99,6 +106,8 @@ pub const MAX_KEY_BYTES: usize = 1024;
 
 const FLAG_EXPLICIT_HASH: u8 = 1;
 const FLAG_PRODUCER_TS: u8 = 2;
+const FLAG_PRODUCER_TAG: u8 = 4;
+const KNOWN_FLAGS: u8 = FLAG_EXPLICIT_HASH | FLAG_PRODUCER_TS | FLAG_PRODUCER_TAG;
 /// Size of the read buffer used when scanning a log at recovery.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -217,19 +226,42 @@ impl BatchHeader {
     }
 }
 
+/// Bytes a producer tag takes in a record.
+fn tag_len(tag: &ProducerBatch) -> usize {
+    1 + tag.producer_id.len() + 8
+}
+
 /// Appends the encoding of one batch to `out`.
 pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, arrival_ms: u64, records: &[&RecordIn]) {
+    encode_tagged_batch(out, base_offset, arrival_ms, records, &[]);
+}
+
+/// Appends the encoding of one batch to `out`; `tags` lists (record index,
+/// tag) for the records that carry a producer tag, in increasing index order.
+pub fn encode_tagged_batch(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    arrival_ms: u64,
+    records: &[&RecordIn],
+    tags: &[(usize, &ProducerBatch)],
+) {
     let start = out.len();
-    let body: usize = records.iter().map(|r| r.encoded_len()).sum();
+    let body: usize = records.iter().map(|r| r.encoded_len()).sum::<usize>()
+        + tags.iter().map(|(_, t)| tag_len(t)).sum::<usize>();
     out.reserve(BATCH_HEADER_BYTES + body);
+    let mut tags = tags.iter().peekable();
     out.extend_from_slice(&BATCH_MAGIC);
     out.extend_from_slice(&((BATCH_HEADER_BYTES + body) as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled below
     out.extend_from_slice(&base_offset.to_le_bytes());
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     out.extend_from_slice(&arrival_ms.to_le_bytes());
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
+        let tag = tags.next_if(|(at, _)| *at == i).map(|(_, t)| *t);
         let mut flags = 0;
+        if tag.is_some() {
+            flags |= FLAG_PRODUCER_TAG;
+        }
         if r.explicit_hash_key.is_some() {
             flags |= FLAG_EXPLICIT_HASH;
         }
@@ -244,6 +276,11 @@ pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, arrival_ms: u64, record
         }
         if let Some(t) = r.producer_timestamp_ms {
             out.extend_from_slice(&t.to_le_bytes());
+        }
+        if let Some(tag) = tag {
+            out.push(tag.producer_id.len() as u8);
+            out.extend_from_slice(tag.producer_id.as_bytes());
+            out.extend_from_slice(&tag.batch_seq.to_le_bytes());
         }
         out.extend_from_slice(r.partition_key.as_bytes());
         out.extend_from_slice(&r.data);
@@ -262,6 +299,17 @@ pub fn decode_batch(
     from_offset: u64,
     max_records: usize,
 ) -> Result<(BatchHeader, Vec<RecordOut>), &'static str> {
+    decode_batch_with_tags(batch, from_offset, max_records, |_, _| {})
+}
+
+/// [`decode_batch`], also handing every producer tag in the batch to `tag`
+/// (producer id, batch sequence number).
+pub fn decode_batch_with_tags(
+    batch: Bytes,
+    from_offset: u64,
+    max_records: usize,
+    mut tag: impl FnMut(&str, u64),
+) -> Result<(BatchHeader, Vec<RecordOut>), &'static str> {
     let header = BatchHeader::parse(&batch).ok_or("bad batch header")?;
     if batch.len() != header.batch_len as usize {
         return Err("batch length does not match its header");
@@ -279,7 +327,7 @@ pub fn decode_batch(
         let flags = body.get_u8();
         let key_len = body.get_u16_le() as usize;
         let data_len = body.get_u32_le() as usize;
-        if flags & !(FLAG_EXPLICIT_HASH | FLAG_PRODUCER_TS) != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err("unknown record flags");
         }
         let extra = if flags & FLAG_EXPLICIT_HASH != 0 { 16 } else { 0 }
@@ -290,6 +338,19 @@ pub fn decode_batch(
         }
         let explicit_hash_key = (flags & FLAG_EXPLICIT_HASH != 0).then(|| body.get_u128_le());
         let producer_timestamp_ms = (flags & FLAG_PRODUCER_TS != 0).then(|| body.get_u64_le());
+        if flags & FLAG_PRODUCER_TAG != 0 {
+            let id_len = usize::from(*body.first().ok_or("producer tag runs past the batch")?);
+            if id_len == 0
+                || id_len > MAX_PRODUCER_ID_BYTES
+                || body.remaining() < 1 + id_len + 8 + key_len + data_len
+            {
+                return Err("producer tag runs past the batch");
+            }
+            body.advance(1);
+            let id = body.split_to(id_len);
+            let seq = body.get_u64_le();
+            tag(std::str::from_utf8(&id).map_err(|_| "producer id is not UTF-8")?, seq);
+        }
         let key = body.split_to(key_len);
         let data = body.split_to(data_len);
         if i < skip || out.len() >= max_records {
@@ -608,6 +669,23 @@ mod tests {
         encode_batch(&mut buf, 10, 0, &refs);
         let (_, out) = decode_batch(Bytes::from(buf), 12, 2).expect("decode");
         assert_eq!(out.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![12, 13]);
+    }
+
+    #[test]
+    fn producer_tags_round_trip_and_are_invisible_to_readers() {
+        let recs: Vec<RecordIn> = (0..4).map(|i| rec("k", &[i])).collect();
+        let refs: Vec<&RecordIn> = recs.iter().collect();
+        let a = ProducerBatch { producer_id: "dev-1".into(), batch_seq: 9 };
+        let b = ProducerBatch { producer_id: "gw".into(), batch_seq: u64::MAX };
+        let mut buf = Vec::new();
+        encode_tagged_batch(&mut buf, 0, 1, &refs, &[(0, &a), (2, &b)]);
+        let mut tags = Vec::new();
+        let (_, out) = decode_batch_with_tags(Bytes::from(buf), 0, usize::MAX, |id, seq| {
+            tags.push((id.to_owned(), seq));
+        })
+        .expect("decode");
+        assert_eq!(tags, vec![("dev-1".to_owned(), 9), ("gw".to_owned(), u64::MAX)]);
+        assert_eq!(out.iter().map(|r| r.data[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     }
 
     #[test]

@@ -40,6 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::clock::Clock;
 use super::config::{FsyncPolicy, StoreConfig};
 use super::error::StoreError;
+use super::producer::{self, ProducerBatch, ProducerTable};
 use super::segment::{
     self, BATCH_HEADER_BYTES, BatchHeader, INDEX_ENTRY_BYTES, IndexEntry, RecordIn, RecordOut,
     SegmentError,
@@ -77,6 +78,7 @@ pub(crate) struct Segment {
     pub base_offset: u64,
     log_path: PathBuf,
     index_path: PathBuf,
+    producers_path: PathBuf,
     log: File,
     index: File,
     /// Bytes of the log readers may read.
@@ -150,7 +152,7 @@ impl Segment {
     }
 
     fn delete_files(&self) -> Result<(), SegmentError> {
-        for p in [&self.log_path, &self.index_path] {
+        for p in [&self.log_path, &self.index_path, &self.producers_path] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -171,6 +173,8 @@ pub(crate) struct ShardShared {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Offset after the last published record.
     next_offset: AtomicU64,
+    /// The idempotent-producer table recovered at open, taken by the writer.
+    producers_at_open: Mutex<ProducerTable>,
 }
 
 /// Limits of one read.
@@ -390,6 +394,7 @@ fn open_segment(dir: &Path, base: u64, create: bool) -> Result<Segment, SegmentE
         base_offset: base,
         log_path,
         index_path,
+        producers_path: producer::snapshot_path(dir, base),
         log,
         index,
         visible_len: AtomicU64::new(0),
@@ -526,17 +531,56 @@ fn recover_last(dir: &Path, base: u64) -> Result<Segment, SegmentError> {
     Ok(seg)
 }
 
+/// Rebuilds an open shard's producer table: the last segment's snapshot plus
+/// the tags in that segment. Without a snapshot (a shard that never rolled
+/// has none at base 0), the tags of every segment are replayed.
+fn recover_producers(dir: &Path, segments: &[Arc<Segment>]) -> Result<ProducerTable, SegmentError> {
+    let Some(last) = segments.last() else { return Ok(ProducerTable::new()) };
+    let (mut table, replay) = match producer::read_snapshot(dir, last.base_offset)? {
+        Some(t) => (t, &segments[segments.len() - 1..]),
+        None => {
+            if last.base_offset > 0 {
+                tracing::warn!(dir = %dir.display(), base = last.base_offset,
+                    "no producer snapshot for the last segment: replaying every segment's tags");
+            }
+            (ProducerTable::new(), segments)
+        }
+    };
+    for seg in replay {
+        let entries = seg.visible_entries.load(Ordering::Acquire);
+        let len = seg.visible_len.load(Ordering::Acquire);
+        for i in 0..entries {
+            let e = seg.entry(i)?;
+            // Corrupt batches are reported by reads; their tags are lost.
+            let Ok(batch) = read_batch(seg, u64::from(e.position), len)? else { continue };
+            let _ = segment::decode_batch_with_tags(batch, u64::MAX, 0, |id, seq| {
+                producer::record(&mut table, id, seq);
+            });
+        }
+    }
+    Ok(table)
+}
+
 impl ShardShared {
     /// Opens (creating if needed) the shard directory and recovers its
     /// segments. `closed_end` is the end offset recorded when the shard was
     /// closed, used when all its segments have expired.
+    ///
+    /// A shard created by a reshard is `seed`ed with its parents' producer
+    /// tables, so a batch its parents already hold is not appended again here.
     pub fn open(
         stream: &str,
         dir: PathBuf,
         index: u64,
         closed_end: Option<u64>,
+        seed: Option<&ProducerTable>,
     ) -> Result<Self, SegmentError> {
         std::fs::create_dir_all(&dir).map_err(|e| SegmentError::io("create directory", &dir, e))?;
+        if let Some(seed) = seed
+            && segment::list_segments(&dir)?.is_empty()
+        {
+            producer::write_snapshot(&dir, 0, seed)?;
+        }
         let bases = segment::list_segments(&dir)?;
         let mut segments = Vec::with_capacity(bases.len());
         for (i, &base) in bases.iter().enumerate() {
@@ -554,6 +598,10 @@ impl ShardShared {
             segments.push(Arc::new(open_segment(&dir, 0, true)?));
             sync_dir(&dir)?;
         }
+        let producers = match closed_end {
+            Some(_) => ProducerTable::new(),
+            None => recover_producers(&dir, &segments)?,
+        };
         Ok(Self {
             stream: stream.to_owned(),
             index,
@@ -561,6 +609,7 @@ impl ShardShared {
             dir,
             segments: RwLock::new(segments),
             next_offset: AtomicU64::new(next_offset),
+            producers_at_open: Mutex::new(producers),
         })
     }
 
@@ -602,6 +651,14 @@ impl ShardShared {
         Ok((deleted, active_expired))
     }
 
+    /// Puts back a producer table taken by a writer that was closed for a
+    /// reshard that then failed, before a new writer starts.
+    pub fn restore_producers(&self, table: ProducerTable) {
+        if let Ok(mut p) = self.producers_at_open.lock() {
+            *p = table;
+        }
+    }
+
     /// Whether no record is left (all expired, or none was written).
     pub fn is_drained(&self) -> bool {
         self.read_segments().iter().all(|s| s.is_empty())
@@ -619,6 +676,8 @@ pub(crate) enum AppendReply {
     Done { first_offset: u64, arrival_ms: u64 },
     /// The shard closed before these records were written: route them again.
     Closed(Vec<RecordIn>),
+    /// The shard already holds this producer batch: nothing was appended.
+    Duplicate,
     /// The shard failed.
     Failed(StoreError),
 }
@@ -631,6 +690,7 @@ pub(crate) enum AppendReply {
 /// never lost between a shard's close and its children's start.
 struct PendingAppend {
     records: Vec<RecordIn>,
+    tag: Option<ProducerBatch>,
     reply: Option<oneshot::Sender<AppendReply>>,
 }
 
@@ -660,9 +720,10 @@ enum Request {
     Seal {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Write what is queued before this, sync, and stop. Replies the end offset.
+    /// Write what is queued before this, sync, and stop. Replies the end
+    /// offset and the producer table.
     Close {
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<(u64, ProducerTable), StoreError>>,
     },
 }
 
@@ -698,10 +759,18 @@ impl Writer {
 
     /// Queues records for the writer; the receiver answers once they are
     /// durable. Waits for a queue permit while the queue is full.
-    pub async fn submit(&self, records: Vec<RecordIn>) -> oneshot::Receiver<AppendReply> {
+    ///
+    /// With a `tag`, the records are appended only if this shard does not hold
+    /// that producer batch yet; otherwise the answer is
+    /// [`AppendReply::Duplicate`].
+    pub async fn submit(
+        &self,
+        records: Vec<RecordIn>,
+        tag: Option<ProducerBatch>,
+    ) -> oneshot::Receiver<AppendReply> {
         let (reply, rx) = oneshot::channel();
         let bytes = records.iter().map(RecordIn::encoded_len).sum();
-        let append = PendingAppend { records, reply: Some(reply) };
+        let append = PendingAppend { records, tag, reply: Some(reply) };
         // Without a permit (the writer is closing) or a queue (it has
         // stopped), dropping `append` hands the records back.
         if let Ok(permit) = self.permits.clone().acquire_owned().await {
@@ -718,9 +787,9 @@ impl Writer {
     }
 
     /// Writes everything queued before it, syncs, stops the thread and returns
-    /// the shard's end offset. Appends queued later come back as
-    /// [`AppendReply::Closed`].
-    pub async fn close(&self) -> Result<u64, StoreError> {
+    /// the shard's end offset and producer table. Appends queued later come
+    /// back as [`AppendReply::Closed`].
+    pub async fn close(&self) -> Result<(u64, ProducerTable), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.permits.close();
         self.tx.send(Request::Close { reply }).map_err(|_| StoreError::ShuttingDown)?;
@@ -749,6 +818,8 @@ struct WriterState {
     last_sync: Instant,
     buf: Vec<u8>,
     failed: Option<StoreError>,
+    /// Highest batch sequence number appended per idempotent producer.
+    producers: ProducerTable,
 }
 
 impl WriterState {
@@ -762,7 +833,10 @@ impl WriterState {
         })?;
         let entries = active.visible_entries.load(Ordering::Acquire);
         let first_arrival_ms = if entries > 0 { Some(active.entry(0)?.arrival_ms) } else { None };
+        let producers =
+            shard.producers_at_open.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
         Ok(Self {
+            producers,
             len: active.visible_len.load(Ordering::Acquire),
             entries,
             next_offset: active.end_offset.load(Ordering::Acquire),
@@ -820,7 +894,9 @@ impl WriterState {
                 Some(Request::Close { reply }) => {
                     let result = match &self.failed {
                         Some(e) => Err(e.clone()),
-                        None => self.sync_if_dirty().map(|()| self.next_offset),
+                        None => self
+                            .sync_if_dirty()
+                            .map(|()| (self.next_offset, std::mem::take(&mut self.producers))),
                     };
                     let _ = reply.send(result);
                     // Anything queued behind the close (now, or until the
@@ -866,18 +942,39 @@ impl WriterState {
     }
 
     fn commit(&mut self, group: Vec<Request>) {
+        // Producer batches this shard already holds (or that an earlier
+        // request of this group brings) are answered, not written.
+        let mut accepted = ProducerTable::new();
+        let duplicate: Vec<bool> = group
+            .iter()
+            .map(|r| match r {
+                Request::Append { append: PendingAppend { tag: Some(t), .. }, .. } => {
+                    let dup =
+                        !producer::is_new(&self.producers, t) || !producer::is_new(&accepted, t);
+                    if !dup {
+                        producer::record(&mut accepted, &t.producer_id, t.batch_seq);
+                    }
+                    dup
+                }
+                _ => false,
+            })
+            .collect();
         let result = match &self.failed {
             Some(e) => Err(e.clone()),
-            None => self.write_group(&group),
+            None => self.write_group(&group, &duplicate),
         };
-        if let Err(e) = &result
-            && self.failed.is_none()
-        {
-            self.fail(e);
+        match &result {
+            Ok(_) => producer::merge(&mut self.producers, &accepted),
+            Err(e) if self.failed.is_none() => self.fail(e),
+            Err(_) => {}
         }
         let mut offset = result.as_ref().map_or(0, |(first, _)| *first);
-        for req in group {
+        for (req, dup) in group.into_iter().zip(duplicate) {
             if let Request::Append { append, .. } = req {
+                if dup {
+                    append.answer(AppendReply::Duplicate);
+                    continue;
+                }
                 let answer = match (&result, &self.failed) {
                     (Ok((_, arrival_ms)), _) => {
                         let first_offset = offset;
@@ -892,22 +989,31 @@ impl WriterState {
         }
     }
 
-    /// Writes a group as one batch and makes it durable under the policy.
-    /// Returns the first offset and the arrival time.
-    fn write_group(&mut self, group: &[Request]) -> Result<(u64, u64), StoreError> {
-        let records: Vec<&RecordIn> = group
-            .iter()
-            .flat_map(|r| match r {
-                Request::Append { append, .. } => append.records.as_slice(),
-                _ => &[],
-            })
-            .collect();
+    /// Writes a group (but its duplicates) as one batch and makes it durable
+    /// under the policy. Returns the first offset and the arrival time.
+    fn write_group(
+        &mut self,
+        group: &[Request],
+        duplicate: &[bool],
+    ) -> Result<(u64, u64), StoreError> {
+        let mut records: Vec<&RecordIn> = Vec::new();
+        let mut tags: Vec<(usize, &ProducerBatch)> = Vec::new();
+        for (r, dup) in group.iter().zip(duplicate) {
+            if let (Request::Append { append, .. }, false) = (r, dup) {
+                if let Some(tag) = &append.tag
+                    && !append.records.is_empty()
+                {
+                    tags.push((records.len(), tag));
+                }
+                records.extend(append.records.iter());
+            }
+        }
         if records.is_empty() {
             return Ok((self.next_offset, self.last_arrival_ms));
         }
         let arrival_ms = self.clock.now_ms().max(self.last_arrival_ms);
         self.buf.clear();
-        segment::encode_batch(&mut self.buf, self.next_offset, arrival_ms, &records);
+        segment::encode_tagged_batch(&mut self.buf, self.next_offset, arrival_ms, &records, &tags);
         let age_limit = self.config.segment_max_age.as_millis() as u64;
         let too_old =
             self.first_arrival_ms.is_some_and(|f| arrival_ms.saturating_sub(f) >= age_limit);
@@ -982,6 +1088,9 @@ impl WriterState {
         sync_file(&old.log, &old.log_path)?;
         sync_file(&old.index, &old.index_path)?;
         self.dirty = false;
+        // The snapshot first: a segment never exists without the table that
+        // stood before its first record.
+        producer::write_snapshot(&self.shard.dir, self.next_offset, &self.producers)?;
         let seg = Arc::new(open_segment(&self.shard.dir, self.next_offset, true)?);
         sync_dir(&self.shard.dir)?;
         self.shard.write_segments().push(seg.clone());

@@ -1,0 +1,3 @@
+//! The Kinesis API benchmark (being written).
+
+fn main() {}
