@@ -10,19 +10,17 @@
 //! the store from opening (it is never silently replaced).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use weir_wire::HashRange;
 
+use super::durable;
 use super::error::StoreError;
 
 /// Version of the catalog's JSON layout.
 pub const CATALOG_VERSION: u32 = 1;
 const FILE_NAME: &str = "catalog.json";
-const TMP_NAME: &str = "catalog.json.tmp";
 
 /// All streams.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,18 +222,10 @@ impl Catalog {
     /// # Errors
     /// Any I/O failure; the previous catalog is then still in place.
     pub fn save(&self, dir: &Path) -> Result<(), StoreError> {
-        let tmp = dir.join(TMP_NAME);
         let path = dir.join(FILE_NAME);
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| StoreError::io("encode", &path, std::io::Error::other(e)))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| StoreError::io("write", path, e))
+        durable::replace_file(dir, &path, &text).map_err(|e| StoreError::io("write", path, e))
     }
 
     /// The directory holding a stream's shards.
@@ -296,7 +286,7 @@ mod tests {
         assert_eq!(Catalog::load(dir.path()).expect("load"), c);
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).expect("read");
         assert!(text.contains("\"340282366920938463463374607431768211455\""), "{text}");
-        assert!(!dir.path().join(TMP_NAME).exists());
+        assert!(!dir.path().join("catalog.json.tmp").exists());
     }
 
     #[test]

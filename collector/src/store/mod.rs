@@ -9,6 +9,7 @@ pub mod backend;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod log_store;
 pub mod producer;

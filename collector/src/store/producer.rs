@@ -40,10 +40,9 @@
 //! producer id (the wire crate's producer id is per producer session).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::durable;
 use super::segment::SegmentError;
 
 /// Longest producer id, in bytes (the wire format's limit).
@@ -100,7 +99,6 @@ pub fn write_snapshot(
     table: &ProducerTable,
 ) -> Result<(), SegmentError> {
     let path = snapshot_path(dir, base_offset);
-    let tmp = path.with_extension("producers.tmp");
     let mut bytes = Vec::with_capacity(8 + table.len() * 24);
     bytes.extend_from_slice(&SNAPSHOT_MAGIC);
     bytes.extend_from_slice(&(table.len() as u32).to_le_bytes());
@@ -113,14 +111,8 @@ pub fn write_snapshot(
     }
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| SegmentError::io("write producer snapshot", &path, e))
+    durable::replace_file(dir, &path, &bytes)
+        .map_err(|e| SegmentError::io("write producer snapshot", &path, e))
 }
 
 /// Reads a segment's snapshot; `Ok(None)` when there is none.

@@ -39,6 +39,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::clock::Clock;
 use super::config::{FsyncPolicy, StoreConfig};
+use super::durable;
 use super::error::StoreError;
 use super::producer::{self, ProducerBatch, ProducerTable};
 use super::segment::{
@@ -415,9 +416,7 @@ fn sync_file(f: &File, path: &Path) -> Result<(), SegmentError> {
 /// fsyncs a directory so that file creations, renames and deletions in it are
 /// durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SegmentError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SegmentError::io("fsync directory", dir, e))
+    durable::sync_dir(dir).map_err(|e| SegmentError::io("fsync directory", dir, e))
 }
 
 /// Rewrites a segment's index with `entries`, durably.
