@@ -1,9 +1,11 @@
 //! weir-agent: the Linux device agent.
 //!
-//! Not built yet: the agent issue fills this crate with the tailer, host
-//! metrics, the disk spool and the MQTT shipper. Today it only states its
-//! version, so that the workspace, its binaries and the test harness exist
-//! from the first commit.
+//! Inputs (file tailing, host metrics, serial frames) produce records; the
+//! records are batched into wire batches and written to the on-disk
+//! [`spool`] before anything is sent; the shipper sends spooled batches over
+//! MQTT/TLS and releases them only after the collector's acknowledgement.
+
+pub mod spool;
 
 /// The agent's version, as its binary reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

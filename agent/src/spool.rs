@@ -1,0 +1,609 @@
+//! The agent's on-disk spool: every batch is written here before it is sent,
+//! and released only after the collector acknowledged it.
+//!
+//! # Constraints
+//!
+//! - Bounded in bytes ([`SpoolConfig::max_bytes`]). When full, the configured
+//!   [`FullPolicy`] applies: `drop_oldest` deletes the oldest segment (its
+//!   unsent entries are counted as dropped and reported), `block` refuses the
+//!   append until acknowledgements free space (inputs then stop reading).
+//! - Memory does not grow with the backlog: entries are read back one at a
+//!   time through a [`Cursor`]; only a list of segments (at most
+//!   `max_bytes / segment_bytes + 1`) is kept in memory.
+//! - Survives restarts and torn writes: recovery scans each segment and cuts
+//!   the last one at its first incomplete or CRC-failing entry.
+//! - Each entry carries opaque `meta` bytes written atomically with it (the
+//!   agent puts its file checkpoints there, so "this line is spooled" and "the
+//!   file's checkpoint is past this line" can never disagree after a crash).
+//!
+//! # Layout
+//!
+//! A directory of segments named by the sequence number of their first entry,
+//! `00000000000000000042.spool`, holding entries back to back (integers
+//! little-endian):
+//!
+//! ```text
+//!   0..4    magic        b"WSP1"
+//!   4..8    entry_len    u32, bytes of the whole entry, header included
+//!   8..12   crc32c       u32, CRC32C (Castagnoli) of bytes 12..entry_len
+//!  12..20   seq          u64, entry sequence number; +1 per entry, across segments
+//!  20..24   records      u32, records in the payload (for drop accounting)
+//!  24..28   meta_len     u32
+//!  28..28+meta_len       meta (opaque to the spool)
+//!  ..entry_len           payload (opaque: the encoded wire batch)
+//! ```
+//!
+//! Beside the segments, `state.json` holds the highest acknowledged sequence
+//! number and the drop counters. It is replaced atomically but not fsync'd on
+//! every acknowledgement: after a crash it may lag, and the entries after it
+//! are sent again — the collector recognises them by producer id and batch
+//! sequence number and appends them once.
+//!
+//! Segments whose entries are all acknowledged are deleted; so are segments
+//! dropped by `drop_oldest`. Nothing else deletes spooled data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Magic bytes that open every entry.
+pub const ENTRY_MAGIC: [u8; 4] = *b"WSP1";
+/// Size of an entry header.
+pub const ENTRY_HEADER_BYTES: usize = 28;
+/// Largest entry (a wire batch is at most 5 MiB, plus its metadata).
+pub const MAX_ENTRY_BYTES: usize = 8 * 1024 * 1024;
+const STATE_FILE: &str = "state.json";
+const SEGMENT_SUFFIX: &str = ".spool";
+
+/// What happens when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Delete the oldest segment, counting its unsent records as dropped.
+    #[default]
+    DropOldest,
+    /// Refuse appends until acknowledgements free space.
+    Block,
+}
+
+/// Settings of a spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Most bytes on disk, all segments together.
+    pub max_bytes: u64,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// What to do when full.
+    pub policy: FullPolicy,
+}
+
+impl SpoolConfig {
+    /// A config with segments sized for 16 per spool (the drop granularity),
+    /// between 64 KiB and 64 MiB.
+    pub fn with_max_bytes(max_bytes: u64, policy: FullPolicy) -> Self {
+        let segment_bytes = (max_bytes / 16).clamp(64 * 1024, 64 * 1024 * 1024);
+        Self { max_bytes, segment_bytes, policy }
+    }
+}
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// File I/O failed.
+    #[error("spool {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An entry larger than [`MAX_ENTRY_BYTES`] or than the whole spool.
+    #[error("spool entry of {bytes} bytes is larger than the spool allows ({max})")]
+    EntryTooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: u64,
+    },
+    /// The `state.json` file does not parse.
+    #[error("spool state {path}: {message}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> SpoolError + 'p {
+    move |source| SpoolError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// One entry read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Records in its payload.
+    pub records: u32,
+    /// The metadata written with it.
+    pub meta: Vec<u8>,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written with this sequence number; `dropped_records` unsent records
+    /// were dropped to make room (policy `drop_oldest`).
+    Written {
+        /// The entry's sequence number.
+        seq: u64,
+        /// Records dropped to make room.
+        dropped_records: u64,
+    },
+    /// Not written: the spool is full and the policy is `block`.
+    Full,
+}
+
+/// Persistent counters and the acknowledgement mark.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolState {
+    /// Entries with a sequence number below this are acknowledged.
+    pub acked_below: u64,
+    /// Entries dropped (never sent) since the spool was created.
+    pub dropped_entries: u64,
+    /// Records in those entries.
+    pub dropped_records: u64,
+    /// Metadata of the newest entry, kept here so it outlives the deletion
+    /// of the segment that held it.
+    #[serde(default)]
+    pub last_meta: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    first_seq: u64,
+    /// Sequence number after its last entry.
+    end_seq: u64,
+    bytes: u64,
+}
+
+/// A read position in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    /// Next entry to read.
+    pub seq: u64,
+    segment_first: u64,
+    position: u64,
+}
+
+impl Cursor {
+    /// A cursor at `seq`, positioned lazily on first read.
+    pub fn at(seq: u64) -> Self {
+        Self { seq, segment_first: u64::MAX, position: 0 }
+    }
+}
+
+/// Depth figures for status reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolStats {
+    /// Entries not yet acknowledged.
+    pub entries: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// The persistent counters.
+    pub state: SpoolState,
+}
+
+/// The spool. Not thread-safe by itself: the agent wraps it in a mutex.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    config: SpoolConfig,
+    segments: Vec<Segment>,
+    active: Option<File>,
+    next_seq: u64,
+    state: SpoolState,
+    last_meta: Option<Vec<u8>>,
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Encodes one entry.
+pub fn encode_entry(seq: u64, records: u32, meta: &[u8], payload: &[u8]) -> Vec<u8> {
+    let len = ENTRY_HEADER_BYTES + meta.len() + payload.len();
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&ENTRY_MAGIC);
+    b.extend_from_slice(&(len as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&records.to_le_bytes());
+    b.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    b.extend_from_slice(meta);
+    b.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&b[12..]);
+    b[8..12].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Reads the next intact entry from `r`; `Ok(None)` at a clean end, at a torn
+/// or corrupt entry (with the reason in the second field).
+fn read_entry(r: &mut impl Read) -> io::Result<Result<Option<Entry>, &'static str>> {
+    let mut h = [0u8; ENTRY_HEADER_BYTES];
+    let mut got = 0;
+    while got < h.len() {
+        match r.read(&mut h[got..])? {
+            0 if got == 0 => return Ok(Ok(None)),
+            0 => return Ok(Err("entry header cut short")),
+            n => got += n,
+        }
+    }
+    if h[0..4] != ENTRY_MAGIC {
+        return Ok(Err("bad entry magic"));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let len = u32_at(4) as usize;
+    let crc = u32_at(8);
+    let meta_len = u32_at(24) as usize;
+    if !(ENTRY_HEADER_BYTES..=MAX_ENTRY_BYTES).contains(&len) || meta_len > len - ENTRY_HEADER_BYTES
+    {
+        return Ok(Err("impossible entry length"));
+    }
+    let mut rest = vec![0u8; len - ENTRY_HEADER_BYTES];
+    if let Err(e) = r.read_exact(&mut rest) {
+        return if e.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(Err("entry cut short"))
+        } else {
+            Err(e)
+        };
+    }
+    let mut digest = crc32c::crc32c(&h[12..]);
+    digest = crc32c::crc32c_append(digest, &rest);
+    if digest != crc {
+        return Ok(Err("CRC32C mismatch"));
+    }
+    let seq = u64::from_le_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
+    let payload = rest.split_off(meta_len);
+    Ok(Ok(Some(Entry { seq, records: u32_at(20), meta: rest, payload })))
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir` and recovers it: every
+    /// segment is scanned, the last one is cut at a torn tail.
+    ///
+    /// # Errors
+    /// I/O failures and an unreadable `state.json`.
+    pub fn open(dir: impl Into<PathBuf>, config: SpoolConfig) -> Result<Self, SpoolError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let state = read_state(&dir)?;
+        let mut firsts = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let e = e.map_err(io_err("list", &dir))?;
+            let name = e.file_name();
+            if let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut segments = Vec::with_capacity(firsts.len());
+        let mut last_meta = state.last_meta.clone();
+        for (i, &first) in firsts.iter().enumerate() {
+            let path = segment_path(&dir, first);
+            let file = File::open(&path).map_err(io_err("open", &path))?;
+            let file_len = file.metadata().map_err(io_err("stat", &path))?.len();
+            let mut reader = BufReader::with_capacity(256 * 1024, file);
+            let mut seg = Segment { first_seq: first, end_seq: first, bytes: 0 };
+            loop {
+                match read_entry(&mut reader).map_err(io_err("read", &path))? {
+                    Ok(Some(entry)) if entry.seq == seg.end_seq => {
+                        seg.end_seq += 1;
+                        seg.bytes +=
+                            (ENTRY_HEADER_BYTES + entry.meta.len() + entry.payload.len()) as u64;
+                        last_meta = Some(entry.meta);
+                    }
+                    Ok(None) => break,
+                    Ok(Some(_)) | Err(_) => {
+                        let last = i + 1 == firsts.len();
+                        tracing::warn!(
+                            segment = %path.display(),
+                            valid_bytes = seg.bytes,
+                            cut_bytes = file_len - seg.bytes,
+                            "spool segment ends in a torn or corrupt entry; cutting it"
+                        );
+                        if !last {
+                            tracing::error!(segment = %path.display(), "entries after the damage in a closed segment are lost");
+                        }
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(io_err("open", &path))?;
+                        f.set_len(seg.bytes).map_err(io_err("truncate", &path))?;
+                        f.sync_all().map_err(io_err("fsync", &path))?;
+                        break;
+                    }
+                }
+            }
+            segments.push(seg);
+        }
+        // Segments entirely below the acknowledgement mark are leftovers of a
+        // crash between the acknowledgement and the deletion.
+        let next_seq =
+            segments.last().map_or(state.acked_below, |s| s.end_seq).max(state.acked_below);
+        let mut spool = Self { dir, config, segments, active: None, next_seq, state, last_meta };
+        spool.delete_acked()?;
+        Ok(spool)
+    }
+
+    /// The metadata of the newest entry ever written that is still on disk
+    /// (the agent's latest checkpoints), from recovery or the last append.
+    pub fn last_meta(&self) -> Option<&[u8]> {
+        self.last_meta.as_deref()
+    }
+
+    /// Sequence number the next appended entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Entries below this are acknowledged.
+    pub fn acked_below(&self) -> u64 {
+        self.state.acked_below
+    }
+
+    /// Current depth and counters.
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            entries: self.next_seq - self.first_unacked(),
+            bytes: self.segments.iter().map(|s| s.bytes).sum(),
+            state: SpoolState { last_meta: None, ..self.state.clone() },
+        }
+    }
+
+    fn first_unacked(&self) -> u64 {
+        let first = self.segments.first().map_or(self.next_seq, |s| s.first_seq);
+        first.max(self.state.acked_below)
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Appends an entry (written to the page cache; see [`sync`](Self::sync)).
+    ///
+    /// # Errors
+    /// I/O failures; an entry too large for the spool.
+    pub fn append(
+        &mut self,
+        records: u32,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<Appended, SpoolError> {
+        let bytes = encode_entry(self.next_seq, records, meta, payload);
+        if bytes.len() > MAX_ENTRY_BYTES || bytes.len() as u64 > self.config.max_bytes {
+            return Err(SpoolError::EntryTooLarge {
+                bytes: bytes.len(),
+                max: self.config.max_bytes.min(MAX_ENTRY_BYTES as u64),
+            });
+        }
+        let mut dropped_records = 0;
+        while self.total_bytes() + bytes.len() as u64 > self.config.max_bytes {
+            match self.config.policy {
+                FullPolicy::Block => return Ok(Appended::Full),
+                FullPolicy::DropOldest => {
+                    if self.segments.len() == 1 {
+                        // Only the active segment is left: close it so it can go.
+                        self.active = None;
+                        self.segments.push(Segment {
+                            first_seq: self.next_seq,
+                            end_seq: self.next_seq,
+                            bytes: 0,
+                        });
+                    }
+                    dropped_records += self.drop_oldest()?;
+                }
+            }
+        }
+        let needs_new = match self.segments.last() {
+            None => true,
+            Some(s) => s.bytes > 0 && s.bytes + bytes.len() as u64 > self.config.segment_bytes,
+        };
+        if needs_new {
+            self.active = None;
+            self.segments.push(Segment {
+                first_seq: self.next_seq,
+                end_seq: self.next_seq,
+                bytes: 0,
+            });
+        }
+        let seg = self.segments.last_mut().ok_or_else(|| SpoolError::State {
+            path: self.dir.clone(),
+            message: "no active segment".into(),
+        })?;
+        let path = segment_path(&self.dir, seg.first_seq);
+        if self.active.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            self.active = Some(f);
+        }
+        if let Some(f) = self.active.as_mut() {
+            f.write_all(&bytes).map_err(io_err("write", &path))?;
+        }
+        seg.end_seq += 1;
+        seg.bytes += bytes.len() as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_meta = Some(meta.to_vec());
+        Ok(Appended::Written { seq, dropped_records })
+    }
+
+    /// Deletes the oldest segment; returns the unsent records it held.
+    fn drop_oldest(&mut self) -> Result<u64, SpoolError> {
+        if self.segments.is_empty() {
+            return Ok(0);
+        }
+        let seg = self.segments.remove(0);
+        let unsent_from = seg.first_seq.max(self.state.acked_below);
+        let mut dropped_records = 0;
+        let mut dropped_entries = 0;
+        if unsent_from < seg.end_seq {
+            // Count the records of the unsent entries (a rescan of one segment).
+            let path = segment_path(&self.dir, seg.first_seq);
+            if let Ok(f) = File::open(&path) {
+                let mut r = BufReader::with_capacity(256 * 1024, f);
+                while let Ok(Ok(Some(e))) = read_entry(&mut r) {
+                    if e.seq >= unsent_from {
+                        dropped_records += u64::from(e.records);
+                        dropped_entries += 1;
+                    }
+                }
+            }
+        }
+        let path = segment_path(&self.dir, seg.first_seq);
+        std::fs::remove_file(&path).map_err(io_err("delete", &path))?;
+        self.state.dropped_entries += dropped_entries;
+        self.state.dropped_records += dropped_records;
+        self.state.acked_below = self.state.acked_below.max(seg.end_seq);
+        self.state.last_meta.clone_from(&self.last_meta);
+        write_state(&self.dir, &self.state, true)?;
+        tracing::warn!(segment = %path.display(), dropped_records, "spool full: dropped the oldest segment");
+        Ok(dropped_records)
+    }
+
+    /// fsyncs the active segment.
+    ///
+    /// # Errors
+    /// The sync failed.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if let (Some(f), Some(seg)) = (&self.active, self.segments.last()) {
+            f.sync_data().map_err(io_err("fsync", &segment_path(&self.dir, seg.first_seq)))?;
+        }
+        Ok(())
+    }
+
+    /// Marks every entry below `below` as acknowledged and deletes segments
+    /// that hold only acknowledged entries.
+    ///
+    /// # Errors
+    /// I/O failures writing the state or deleting segments.
+    pub fn ack(&mut self, below: u64) -> Result<(), SpoolError> {
+        if below <= self.state.acked_below {
+            return Ok(());
+        }
+        self.state.acked_below = below.min(self.next_seq);
+        self.state.last_meta.clone_from(&self.last_meta);
+        // The state goes first (durably when segments are about to go), so the
+        // newest metadata survives the segment that held it.
+        let deletes = self.segments.first().is_some_and(|s| s.end_seq <= self.state.acked_below);
+        write_state(&self.dir, &self.state, deletes)?;
+        self.delete_acked()
+    }
+
+    fn delete_acked(&mut self) -> Result<(), SpoolError> {
+        while self.segments.first().is_some_and(|s| s.end_seq <= self.state.acked_below) {
+            let seg = self.segments.remove(0);
+            if self.segments.is_empty() {
+                // The active segment went too: the next append starts a new one.
+                self.active = None;
+            }
+            let path = segment_path(&self.dir, seg.first_seq);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::Io { op: "delete", path, source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the entry at `cursor` and moves the cursor past it; `Ok(None)`
+    /// when nothing is there yet. A cursor below the oldest entry still on
+    /// disk (dropped) moves to it.
+    ///
+    /// # Errors
+    /// I/O failures.
+    pub fn read(&self, cursor: &mut Cursor) -> Result<Option<Entry>, SpoolError> {
+        let first = self.first_unacked().min(self.next_seq);
+        if cursor.seq < first {
+            *cursor = Cursor::at(first);
+        }
+        if cursor.seq >= self.next_seq {
+            return Ok(None);
+        }
+        let Some(seg) = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.first_seq <= cursor.seq && cursor.seq < s.end_seq)
+        else {
+            return Ok(None);
+        };
+        if cursor.segment_first != seg.first_seq {
+            cursor.segment_first = seg.first_seq;
+            cursor.position = 0;
+        }
+        let path = segment_path(&self.dir, seg.first_seq);
+        let mut file = File::open(&path).map_err(io_err("open", &path))?;
+        file.seek(io::SeekFrom::Start(cursor.position)).map_err(io_err("seek", &path))?;
+        let mut reader = BufReader::new(file);
+        loop {
+            let entry = match read_entry(&mut reader).map_err(io_err("read", &path))? {
+                Ok(Some(e)) => e,
+                Ok(None) | Err(_) => return Ok(None),
+            };
+            cursor.position += (ENTRY_HEADER_BYTES + entry.meta.len() + entry.payload.len()) as u64;
+            if entry.seq >= cursor.seq {
+                cursor.seq = entry.seq + 1;
+                return Ok(Some(entry));
+            }
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn read_state(dir: &Path) -> Result<SpoolState, SpoolError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| SpoolError::State { path, message: e.to_string() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SpoolState::default()),
+        Err(e) => Err(SpoolError::Io { op: "read", path, source: e }),
+    }
+}
+
+fn write_state(dir: &Path, state: &SpoolState, durable: bool) -> Result<(), SpoolError> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join("state.json.tmp");
+    let bytes = serde_json::to_vec(state)
+        .map_err(|e| SpoolError::State { path: path.clone(), message: e.to_string() })?;
+    let mut f = File::create(&tmp).map_err(io_err("write", &tmp))?;
+    f.write_all(&bytes).map_err(io_err("write", &tmp))?;
+    if durable {
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    if durable {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
+    }
+    Ok(())
+}
