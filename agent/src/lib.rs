@@ -6,6 +6,7 @@
 //! MQTT/TLS and releases them only after the collector's acknowledgement.
 
 pub mod spool;
+pub mod tail;
 
 /// The agent's version, as its binary reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,639 @@
+//! Following log files: globs, rotation, truncation, line splitting.
+//!
+//! # File identity
+//!
+//! A file is its device and inode **and** a fingerprint: the CRC32C of its
+//! first [`FINGERPRINT_BYTES`] bytes (or of all of them while it is shorter;
+//! the fingerprint grows with the file until it covers that many). A recycled
+//! inode whose first bytes differ is a new file, read from its start.
+//!
+//! # Rotation
+//!
+//! Each followed file keeps its descriptor open, so a file that is renamed
+//! (logrotate `create`) or deleted is read to its end through the old
+//! descriptor before it is let go; the new file at the path is a new file,
+//! read from its start. A file whose size drops below the read offset was
+//! truncated (copy-truncate): the agent first looks in the same directory for
+//! the copy (a file with the same fingerprint and at least the read offset in
+//! size), reads the rest of the old content from it, then starts the truncated
+//! file from 0. A file renamed while the agent was stopped is found again by
+//! device, inode and fingerprint in its directory.
+//!
+//! # Lines
+//!
+//! Lines end at `\n` (the newline is not shipped; bytes are kept as they are,
+//! no UTF-8 conversion). A line longer than `max_line_bytes` is cut into
+//! pieces of that size, each marked `split`. A final line without a newline is
+//! handed out once the file has been idle for `partial_flush` or is let go
+//! after a rotation. Each line carries the offset just past it, which the
+//! agent records as the file's checkpoint once the line is in the spool.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes a fingerprint covers once the file is that long.
+pub const FINGERPRINT_BYTES: u64 = 256;
+/// Bytes read from one file per read call.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Where a file seen for the first time at start-up is read from. Files that
+/// appear while the agent runs are always read from their start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// From the first byte.
+    #[default]
+    Beginning,
+    /// From the current end: only lines written from now on.
+    End,
+}
+
+/// Settings of a tailer.
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    /// Glob patterns of the files to follow.
+    pub globs: Vec<String>,
+    /// Where files found at start-up without a checkpoint start.
+    pub start_at: StartAt,
+    /// Longest line; longer lines are split into pieces of this size.
+    pub max_line_bytes: usize,
+    /// A last line without a newline is handed out after this much idleness.
+    pub partial_flush: Duration,
+    /// A rotated or deleted file is let go after it has been read to its end
+    /// and stayed idle this long (writers may still hold it open).
+    pub rotate_wait: Duration,
+    /// How often the globs are listed again for new files.
+    pub rescan_every: Duration,
+}
+
+/// The identity of a followed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// CRC32C of the first `fingerprint_len` bytes.
+    pub fingerprint: u32,
+    /// Bytes the fingerprint covers.
+    pub fingerprint_len: u64,
+}
+
+/// Where the agent is in one file; what it records in the spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The file.
+    pub id: FileId,
+    /// Its path when last seen.
+    pub path: PathBuf,
+    /// Offset after the last line that is in the spool.
+    pub offset: u64,
+}
+
+/// One line read from a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The file it came from.
+    pub id: FileId,
+    /// The file's path (the path it was found under).
+    pub path: PathBuf,
+    /// The bytes, without the newline.
+    pub data: Vec<u8>,
+    /// Offset just past the line (and its newline) in the file.
+    pub end_offset: u64,
+    /// Part of a line longer than `max_line_bytes`.
+    pub split: bool,
+}
+
+/// Errors worth reporting about one file; the tailer goes on with the others.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// A glob pattern does not parse.
+    #[error("bad glob pattern {pattern:?}: {message}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        message: String,
+    },
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of what the tailer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TailStats {
+    /// Lines handed out.
+    pub lines: u64,
+    /// Pieces of over-long lines among them.
+    pub split_pieces: u64,
+    /// Files let go after a rotation or deletion.
+    pub rotations: u64,
+    /// Truncations seen (copy-truncate).
+    pub truncations: u64,
+}
+
+#[derive(Debug)]
+struct Followed {
+    id: FileId,
+    path: PathBuf,
+    file: File,
+    /// Offset of the next byte to read.
+    read_offset: u64,
+    /// Bytes read but not yet handed out (a line without its newline yet).
+    pending: Vec<u8>,
+    last_growth: Instant,
+    /// Set when the path now names another file (or none): read to the end,
+    /// flush, then let go.
+    retiring: bool,
+    /// Set when the file's first bytes changed under the same inode: it was
+    /// truncated and written again before the size showed it.
+    rewritten: bool,
+}
+
+/// Follows the files matching a set of globs.
+#[derive(Debug)]
+pub struct Tailer {
+    config: TailConfig,
+    files: Vec<Followed>,
+    /// Checkpoints not matched to a file yet (files not found since start).
+    waiting: HashMap<FileId, Checkpoint>,
+    started: bool,
+    last_scan: Option<Instant>,
+    stats: TailStats,
+    /// Files started since the last [`Tailer::take_started`], with their
+    /// start offsets.
+    started_files: Vec<Checkpoint>,
+}
+
+fn fingerprint(file: &mut File, len: u64) -> io::Result<(u32, u64)> {
+    let n = len.min(FINGERPRINT_BYTES);
+    let mut buf = vec![0u8; n as usize];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut buf)?;
+    Ok((crc32c::crc32c(&buf), n))
+}
+
+/// Whether `file` (with `meta`) is the file `id` names: same device and inode,
+/// and its first `id.fingerprint_len` bytes hash the same.
+fn same_file(id: &FileId, file: &mut File, meta: &std::fs::Metadata) -> io::Result<bool> {
+    if meta.dev() != id.dev || meta.ino() != id.ino {
+        return Ok(false);
+    }
+    if meta.len() < id.fingerprint_len {
+        return Ok(false);
+    }
+    Ok(fingerprint(file, id.fingerprint_len)?.0 == id.fingerprint)
+}
+
+fn identify(file: &mut File, meta: &std::fs::Metadata) -> io::Result<FileId> {
+    let (fingerprint, fingerprint_len) = fingerprint(file, meta.len())?;
+    Ok(FileId { dev: meta.dev(), ino: meta.ino(), fingerprint, fingerprint_len })
+}
+
+impl Tailer {
+    /// A tailer resuming from `checkpoints` (from the spool).
+    ///
+    /// # Errors
+    /// A glob pattern that does not parse.
+    pub fn new(config: TailConfig, checkpoints: Vec<Checkpoint>) -> Result<Self, TailError> {
+        for g in &config.globs {
+            glob::Pattern::new(g)
+                .map_err(|e| TailError::Pattern { pattern: g.clone(), message: e.to_string() })?;
+        }
+        Ok(Self {
+            config,
+            files: Vec::new(),
+            waiting: checkpoints.into_iter().map(|c| (c.id, c)).collect(),
+            started: false,
+            last_scan: None,
+            stats: TailStats::default(),
+            started_files: Vec::new(),
+        })
+    }
+
+    /// Files started since the last call, each with the offset it starts at.
+    /// The agent records them as checkpoints even before a line is read, so a
+    /// file rotated while the agent is stopped is found again at start-up.
+    pub fn take_started(&mut self) -> Vec<Checkpoint> {
+        std::mem::take(&mut self.started_files)
+    }
+
+    /// Whether the file with this device and inode is followed now. The agent
+    /// drops the checkpoints of files that are not (read to their end and let
+    /// go), so a recycled inode never meets a stale checkpoint.
+    pub fn is_following(&self, dev: u64, ino: u64) -> bool {
+        self.files.iter().any(|f| f.id.dev == dev && f.id.ino == ino)
+            || self.waiting.keys().any(|id| id.dev == dev && id.ino == ino)
+    }
+
+    /// What the tailer did so far.
+    pub fn stats(&self) -> TailStats {
+        self.stats
+    }
+
+    /// Paths and read offsets of the followed files (for status reports).
+    pub fn files(&self) -> Vec<(PathBuf, u64)> {
+        self.files.iter().map(|f| (f.path.clone(), f.read_offset)).collect()
+    }
+
+    /// Looks for new files, reads what the followed files gained (at most
+    /// about `budget` bytes in all), and appends complete lines to `out`.
+    /// Returns the errors met on individual files; they do not stop the others.
+    pub fn poll(&mut self, out: &mut Vec<Line>, budget: usize) -> Vec<TailError> {
+        let mut errors = Vec::new();
+        let now = Instant::now();
+        if self.last_scan.is_none_or(|t| now.duration_since(t) >= self.config.rescan_every) {
+            self.discover(&mut errors);
+            self.last_scan = Some(now);
+        }
+        let mut used = 0;
+        let mut i = 0;
+        while i < self.files.len() {
+            match self.read_file(i, out, budget.saturating_sub(used), now) {
+                Ok((n, done)) => {
+                    used += n;
+                    if done {
+                        let f = self.files.remove(i);
+                        self.stats.rotations += 1;
+                        tracing::info!(path = %f.path.display(), offset = f.read_offset, "finished a rotated or deleted file");
+                        continue;
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+            i += 1;
+        }
+        self.started = true;
+        errors
+    }
+
+    /// Finds files matching the globs that are not followed yet, and marks
+    /// followed files whose path now names another file as retiring.
+    fn discover(&mut self, errors: &mut Vec<TailError>) {
+        let mut seen: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        for g in &self.config.globs {
+            let Ok(paths) = glob::glob(g) else { continue };
+            for p in paths.flatten() {
+                if let Ok(meta) = std::fs::metadata(&p)
+                    && meta.is_file()
+                {
+                    seen.push((p, meta));
+                }
+            }
+        }
+        for f in &mut self.files {
+            if f.retiring {
+                continue;
+            }
+            let still_there = seen
+                .iter()
+                .any(|(p, m)| p == &f.path && m.dev() == f.id.dev && m.ino() == f.id.ino);
+            if !still_there {
+                f.retiring = true;
+            } else if let Ok(meta) = f.file.metadata() {
+                let mut head = vec![0u8; f.id.fingerprint_len.min(meta.len()) as usize];
+                let same = f.file.read_exact_at_start(&mut head).is_ok()
+                    && head.len() as u64 == f.id.fingerprint_len
+                    && crc32c::crc32c(&head) == f.id.fingerprint;
+                f.rewritten = !same;
+            }
+        }
+        for (path, meta) in seen {
+            if self
+                .files
+                .iter()
+                .any(|f| !f.retiring && f.id.dev == meta.dev() && f.id.ino == meta.ino())
+            {
+                continue;
+            }
+            if let Err(e) = self.follow(&path, &meta) {
+                errors.push(TailError::Io { path, source: e });
+            }
+        }
+        // Checkpointed files renamed while the agent was stopped: look for
+        // them next to where they were.
+        if !self.started {
+            let waiting: Vec<Checkpoint> = self.waiting.drain().map(|(_, c)| c).collect();
+            for c in waiting {
+                if let Err(e) = self.find_renamed(&c) {
+                    errors.push(TailError::Io { path: c.path.clone(), source: e });
+                }
+            }
+        }
+    }
+
+    /// Starts following a file at the right offset.
+    fn follow(&mut self, path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata().unwrap_or_else(|_| meta.clone());
+        let checkpoint = self
+            .waiting
+            .values()
+            .find(|c| c.id.dev == meta.dev() && c.id.ino == meta.ino())
+            .cloned();
+        if let Some(c) = &checkpoint
+            && (meta.len() < c.offset || !same_file(&c.id, &mut file, &meta)?)
+        {
+            // Truncated (copy-truncate) while the agent was stopped: the rest
+            // of the old content is in the copy, if there is one.
+            self.waiting.remove(&c.id);
+            self.stats.truncations += 1;
+            if let Some(mut copy) = find_copy(path, &c.id, c.offset) {
+                copy.seek(SeekFrom::Start(c.offset))?;
+                tracing::info!(path = %path.display(), offset = c.offset, "finishing a file truncated while stopped from its copy");
+                self.files.push(Followed {
+                    id: c.id,
+                    path: path.to_path_buf(),
+                    file: copy,
+                    read_offset: c.offset,
+                    pending: Vec::new(),
+                    last_growth: Instant::now(),
+                    retiring: true,
+                    rewritten: false,
+                });
+            }
+        }
+        let (id, offset) = match checkpoint {
+            Some(c) if self.waiting.contains_key(&c.id) && same_file(&c.id, &mut file, &meta)? => {
+                self.waiting.remove(&c.id);
+                if meta.len() < c.offset {
+                    self.stats.truncations += 1;
+                    (identify(&mut file, &meta)?, 0)
+                } else {
+                    (c.id, c.offset)
+                }
+            }
+            _ => {
+                let start = match (self.started, self.config.start_at) {
+                    (false, StartAt::End) => meta.len(),
+                    _ => 0,
+                };
+                (identify(&mut file, &meta)?, start)
+            }
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        tracing::info!(path = %path.display(), offset, "following file");
+        self.started_files.push(Checkpoint { id, path: path.to_path_buf(), offset });
+        self.files.push(Followed {
+            id,
+            path: path.to_path_buf(),
+            file,
+            read_offset: offset,
+            pending: Vec::new(),
+            last_growth: Instant::now(),
+            retiring: false,
+            rewritten: false,
+        });
+        Ok(())
+    }
+
+    /// Finds a checkpointed file that was renamed while the agent was stopped
+    /// and reads what is left of it.
+    fn find_renamed(&mut self, c: &Checkpoint) -> io::Result<()> {
+        let Some(dir) = c.path.parent() else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() || meta.dev() != c.id.dev || meta.ino() != c.id.ino {
+                continue;
+            }
+            let mut file = File::open(e.path())?;
+            if same_file(&c.id, &mut file, &meta)? && meta.len() > c.offset {
+                file.seek(SeekFrom::Start(c.offset))?;
+                tracing::info!(path = %e.path().display(), offset = c.offset, "finishing a file renamed while stopped");
+                self.files.push(Followed {
+                    id: c.id,
+                    path: e.path(),
+                    file,
+                    read_offset: c.offset,
+                    pending: Vec::new(),
+                    last_growth: Instant::now(),
+                    retiring: true,
+                    rewritten: false,
+                });
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Reads what file `i` gained. Returns bytes read and whether the file is
+    /// finished (retired and fully read).
+    fn read_file(
+        &mut self,
+        i: usize,
+        out: &mut Vec<Line>,
+        budget: usize,
+        now: Instant,
+    ) -> Result<(usize, bool), TailError> {
+        let max_line = self.config.max_line_bytes;
+        let partial_flush = self.config.partial_flush;
+        let rotate_wait = self.config.rotate_wait;
+        let f = &mut self.files[i];
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TailError::Io { path, source }
+        };
+        let meta = f.file.metadata().map_err(io_err(&f.path))?;
+        if meta.len() < f.read_offset || f.rewritten {
+            // Truncated: finish the old content from its copy, if there is one.
+            self.stats.truncations += 1;
+            let copy = find_copy(&f.path, &f.id, f.read_offset);
+            let f = &mut self.files[i];
+            if let Some(mut copy) = copy {
+                tracing::info!(path = %f.path.display(), offset = f.read_offset, "file truncated: reading the rest from its copy");
+                let mut rest = Vec::new();
+                copy.seek(SeekFrom::Start(f.read_offset)).map_err(io_err(&f.path))?;
+                copy.read_to_end(&mut rest).map_err(io_err(&f.path))?;
+                let end = f.read_offset + rest.len() as u64;
+                f.pending.extend_from_slice(&rest);
+                f.read_offset = end;
+                split_lines(f, out, max_line, &mut self.stats);
+            } else {
+                tracing::warn!(path = %f.path.display(), offset = f.read_offset, "file truncated; no copy found");
+            }
+            let f = &mut self.files[i];
+            flush_partial(f, out, &mut self.stats);
+            f.rewritten = false;
+            f.file.seek(SeekFrom::Start(0)).map_err(io_err(&f.path))?;
+            f.read_offset = 0;
+            f.pending.clear();
+            f.id = identify(&mut f.file, &meta).map_err(io_err(&f.path))?;
+            f.file.seek(SeekFrom::Start(0)).map_err(io_err(&f.path))?;
+        }
+        let f = &mut self.files[i];
+        let mut total = 0;
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES.min(budget.max(4096))];
+        loop {
+            if total >= budget {
+                break;
+            }
+            let n = f.file.read(&mut chunk).map_err(io_err(&f.path))?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+            f.last_growth = now;
+            // Grow the fingerprint while the file is still short of its length.
+            if f.id.fingerprint_len < FINGERPRINT_BYTES && f.read_offset < FINGERPRINT_BYTES {
+                let upto = (f.read_offset + n as u64).min(FINGERPRINT_BYTES);
+                if upto > f.id.fingerprint_len {
+                    let mut head = vec![0u8; upto as usize];
+                    f.file.read_exact_at_start(&mut head).map_err(io_err(&f.path))?;
+                    f.id.fingerprint = crc32c::crc32c(&head);
+                    f.id.fingerprint_len = upto;
+                }
+            }
+            f.pending.extend_from_slice(&chunk[..n]);
+            f.read_offset += n as u64;
+            split_lines(f, out, max_line, &mut self.stats);
+        }
+        let idle = now.duration_since(f.last_growth) >= partial_flush;
+        if f.retiring && total == 0 && now.duration_since(f.last_growth) >= rotate_wait {
+            flush_partial(f, out, &mut self.stats);
+            return Ok((total, true));
+        }
+        if idle && !f.pending.is_empty() {
+            flush_partial(f, out, &mut self.stats);
+        }
+        Ok((total, false))
+    }
+}
+
+/// Positioned read of the file's first bytes without moving its cursor.
+trait ReadAtStart {
+    fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl ReadAtStart for File {
+    fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, 0)
+    }
+}
+
+/// Hands out every complete line in `f.pending`, and over-long pieces.
+fn split_lines(f: &mut Followed, out: &mut Vec<Line>, max_line: usize, stats: &mut TailStats) {
+    let mut start = 0;
+    // Offset in the file of pending[0].
+    let base = f.read_offset - f.pending.len() as u64;
+    loop {
+        let rest = &f.pending[start..];
+        match memchr::memchr(b'\n', rest) {
+            Some(nl) => {
+                emit(f, out, start, start + nl, base + (start + nl + 1) as u64, max_line, stats);
+                start += nl + 1;
+            }
+            None => {
+                // No newline: cut pieces off a line that is already too long.
+                while f.pending.len() - start >= max_line {
+                    let end = start + max_line;
+                    push_line(f, out, start, end, base + end as u64, true, stats);
+                    start = end;
+                }
+                break;
+            }
+        }
+    }
+    f.pending.drain(..start);
+}
+
+/// Emits `pending[from..to]` as one line ending at `end_offset`, split into
+/// pieces when longer than `max_line`.
+fn emit(
+    f: &Followed,
+    out: &mut Vec<Line>,
+    from: usize,
+    to: usize,
+    end_offset: u64,
+    max_line: usize,
+    stats: &mut TailStats,
+) {
+    if to - from <= max_line {
+        push_line(f, out, from, to, end_offset, false, stats);
+        return;
+    }
+    let base = end_offset - (to - from + 1) as u64;
+    let mut s = from;
+    while s < to {
+        let e = (s + max_line).min(to);
+        let end = if e == to { end_offset } else { base + (e - from) as u64 };
+        push_line(f, out, s, e, end, true, stats);
+        s = e;
+    }
+}
+
+fn push_line(
+    f: &Followed,
+    out: &mut Vec<Line>,
+    from: usize,
+    to: usize,
+    end_offset: u64,
+    split: bool,
+    stats: &mut TailStats,
+) {
+    stats.lines += 1;
+    stats.split_pieces += u64::from(split);
+    out.push(Line {
+        id: f.id,
+        path: f.path.clone(),
+        data: f.pending[from..to].to_vec(),
+        end_offset,
+        split,
+    });
+}
+
+/// Hands out a last line that has no newline.
+fn flush_partial(f: &mut Followed, out: &mut Vec<Line>, stats: &mut TailStats) {
+    if f.pending.is_empty() {
+        return;
+    }
+    let len = f.pending.len();
+    push_line(f, out, 0, len, f.read_offset, false, stats);
+    f.pending.clear();
+}
+
+/// The copy a copy-truncate rotation made of `path`: a file in the same
+/// directory, named after it (`app.log.1`, `app.log-20260101`), holding at
+/// least `offset` bytes, whose first bytes match `id`'s fingerprint; the most
+/// recently modified one when several do.
+fn find_copy(path: &Path, id: &FileId, offset: u64) -> Option<File> {
+    let dir = path.parent()?;
+    let name = path.file_name()?.to_str()?;
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = e.metadata() else { continue };
+        let candidate = e.file_name();
+        let Some(candidate) = candidate.to_str() else { continue };
+        if !meta.is_file()
+            || candidate == name
+            || !candidate.starts_with(name)
+            || meta.ino() == id.ino
+            || meta.len() < offset.max(id.fingerprint_len)
+        {
+            continue;
+        }
+        let Ok(mut file) = File::open(e.path()) else { continue };
+        if !fingerprint(&mut file, id.fingerprint_len).is_ok_and(|(fp, _)| fp == id.fingerprint) {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(t, _)| modified > *t) {
+            best = Some((modified, e.path()));
+        }
+    }
+    best.and_then(|(_, p)| File::open(p).ok())
+}
