@@ -38,7 +38,7 @@ impl Writer {
 
     /// The text of line `n` (some are longer than `MAX_LINE`).
     fn text(name: &str, n: u64) -> String {
-        let pad = if n % 7 == 0 { 150 } else { (n % 13) as usize };
+        let pad = if n.is_multiple_of(7) { 150 } else { (n % 13) as usize };
         format!("{name}-{n:06}-{}", "x".repeat(pad))
     }
 }
