@@ -8,6 +8,19 @@
 //! fsync = "always"            # always | interval:<ms> | never
 //! segment_max_bytes = 134217728
 //! segment_max_age_secs = 3600
+//!
+//! [http]
+//! listen = "127.0.0.1:4567"   # the Kinesis-compatible API, /health, /metrics
+//!
+//! [kinesis]
+//! region = "us-east-1"        # the region in stream ARNs
+//! write_limits = false        # new streams: 1 MiB/s and 1,000 records/s per shard
+//!
+//! [mqtt]                      # see `ingest::settings` for every key
+//! tls_listen = "0.0.0.0:8883" # "off" to disable
+//! listen = "127.0.0.1:1883"   # plain MQTT, off unless set
+//!
+//! [tls]                       # see `tls`; unset: the development CA in data_dir/tls
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, the line and the
@@ -62,6 +75,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The embedded store.
     pub store: StoreSection,
+    /// The HTTP listener (Kinesis API, health, metrics).
+    pub http: HttpSection,
+    /// Kinesis API semantics.
+    pub kinesis: KinesisSection,
+    /// The MQTT ingest: listeners, limits, users, ACLs, topic rules.
+    pub mqtt: crate::ingest::MqttSection,
+    /// TLS of the MQTT listener.
+    pub tls: crate::tls::TlsSection,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -72,6 +93,10 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("weir-data"),
             store: StoreSection::default(),
+            http: HttpSection::default(),
+            kinesis: KinesisSection::default(),
+            mqtt: crate::ingest::MqttSection::default(),
+            tls: crate::tls::TlsSection::default(),
             origin: "defaults".into(),
         }
     }
@@ -100,6 +125,37 @@ impl Default for StoreSection {
             segment_max_age_secs: d.segment_max_age.as_secs(),
             retention_check_interval_secs: d.retention_check_interval.as_secs(),
         }
+    }
+}
+
+/// `[http]`: the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address to bind, `IP:PORT` (port 0 picks a free port).
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:4567".into() }
+    }
+}
+
+/// `[kinesis]`: what the Kinesis-compatible API reports and enforces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KinesisSection {
+    /// Region named in stream ARNs.
+    pub region: String,
+    /// Whether streams created through the API get per-shard write limits
+    /// (PROVISIONED streams only).
+    pub write_limits: bool,
+}
+
+impl Default for KinesisSection {
+    fn default() -> Self {
+        Self { region: "us-east-1".into(), write_limits: false }
     }
 }
 
@@ -132,7 +188,19 @@ impl Config {
         })?;
         config.origin = path.display().to_string();
         config.store_config()?;
+        config.http_listen()?;
+        config.kinesis_region()?;
+        config.mqtt_settings()?;
         Ok(config)
+    }
+
+    /// The MQTT ingest's settings and the TLS section, checked.
+    ///
+    /// # Errors
+    /// The first invalid `mqtt.*` or `tls.*` value, by key.
+    pub fn mqtt_settings(&self) -> Result<crate::ingest::Settings, ConfigError> {
+        self.tls.validate().map_err(|(key, message)| self.invalid(&key, message))?;
+        self.mqtt.validate().map_err(|(key, message)| self.invalid(&key, message))
     }
 
     fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
@@ -140,6 +208,32 @@ impl Config {
             origin: self.origin.clone(),
             key: key.into(),
             message: message.into(),
+        }
+    }
+
+    /// The HTTP listener's address, checked.
+    ///
+    /// # Errors
+    /// `http.listen` is not `IP:PORT`.
+    pub fn http_listen(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.http.listen.parse().map_err(|e| {
+            self.invalid("http.listen", format!("{:?} is not IP:PORT ({e})", self.http.listen))
+        })
+    }
+
+    /// The region of stream ARNs, checked.
+    ///
+    /// # Errors
+    /// `kinesis.region` is empty or holds characters other than a-z, 0-9, '-'.
+    pub fn kinesis_region(&self) -> Result<&str, ConfigError> {
+        let r = &self.kinesis.region;
+        let ok = !r.is_empty()
+            && r.len() <= 32
+            && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(r)
+        } else {
+            Err(self.invalid("kinesis.region", format!("{r:?} is not a region name like us-east-1")))
         }
     }
 
@@ -185,5 +279,14 @@ mod tests {
         let e = Config::parse("[store]\nsegment_max_bytes = 10\n", Path::new("c.toml"))
             .expect_err("small segment");
         assert!(e.to_string().contains("`store.segment_max_bytes`"), "{e}");
+        let e = Config::parse("[http]\nlisten = \"localhost\"\n", Path::new("c.toml"))
+            .expect_err("bad listen address");
+        assert!(e.to_string().contains("`http.listen`"), "{e}");
+        let e = Config::parse("[kinesis]\nregion = \"US East\"\n", Path::new("c.toml"))
+            .expect_err("bad region");
+        assert!(e.to_string().contains("`kinesis.region`"), "{e}");
+        let e = Config::parse("[http]\nlisen = \"127.0.0.1:1\"\n", Path::new("c.toml"))
+            .expect_err("unknown key");
+        assert!(e.to_string().starts_with("c.toml:2:") && e.to_string().contains("lisen"), "{e}");
     }
 }

@@ -7,10 +7,15 @@
 //! serves until the `shutdown` future resolves. `main.rs` only parses flags,
 //! sets up logging and waits for a signal.
 
+pub mod api;
+pub mod certs;
 pub mod config;
+pub mod ingest;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -24,6 +29,15 @@ use store::{LogStore, StoreError};
 pub struct Ready {
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Where the HTTP listener (Kinesis API, `/health`, `/metrics`) is bound.
+    pub http: SocketAddr,
+    /// Where the plain MQTT listener is bound, if enabled.
+    pub mqtt: Option<SocketAddr>,
+    /// Where the MQTT over TLS listener is bound, if enabled.
+    pub mqtts: Option<SocketAddr>,
+    /// The development CA certificate clients trust, when the TLS listener
+    /// uses the development certificates.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Why the service stopped with an error.
@@ -35,6 +49,15 @@ pub enum RunError {
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    /// The HTTP listener could not start.
+    #[error(transparent)]
+    Http(#[from] api::StartError),
+    /// The TLS configuration of the MQTT listener is unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The MQTT listeners could not start.
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
 }
 
 /// Runs the collector until `shutdown` resolves; then stops every shard writer
@@ -49,10 +72,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let store_config = config.store_config()?;
+    let mqtt_settings = config.mqtt_settings()?;
     let store = LogStore::open(&config.data_dir, store_config).await?;
-    ready(&Ready { data_dir: config.data_dir.clone() }, &store);
+    let http = api::HttpListener::start(&config, store.clone()).await?;
+    // TLS files live in the data directory, which the store has locked.
+    let server_tls = match mqtt_settings.tls_listen {
+        Some(_) => Some(tls::server_config(&config.tls, &config.data_dir)?),
+        None => None,
+    };
+    let tls_ca = server_tls.as_ref().and_then(|t| t.dev_ca_cert.clone());
+    let ingest =
+        ingest::Ingest::start(store.clone(), mqtt_settings, server_tls.map(|t| t.config)).await?;
+    ready(
+        &Ready {
+            data_dir: config.data_dir.clone(),
+            http: http.addr,
+            mqtt: ingest.mqtt,
+            mqtts: ingest.mqtts,
+            tls_ca,
+        },
+        &store,
+    );
     shutdown.await;
     tracing::info!("shutting down");
+    // Connections finish their appends before the store closes.
+    ingest.shutdown().await;
+    http.stop().await;
     store.close().await;
     Ok(())
 }

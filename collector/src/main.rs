@@ -1,6 +1,9 @@
 //! `weir-collector`: command-line entry point. Parses flags, sets up logging,
 //! runs [`weir_collector::run`] until SIGTERM or Ctrl-C.
 
+mod cli;
+mod mqtt_cli;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -9,7 +12,12 @@ use weir_collector::Config;
 
 /// Weir's collector: durable sharded telemetry streams.
 #[derive(Parser)]
-#[command(name = "weir-collector", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "weir-collector",
+    version,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -21,6 +29,15 @@ struct Cli {
 enum Command {
     /// Run the service (also what no subcommand does).
     Serve(ServeArgs),
+    /// Create, list, describe, reshard and delete streams through a running
+    /// collector's Kinesis API.
+    Streams(cli::StreamsArgs),
+    /// Print a stream's records (key, sequence number, arrival time, data).
+    Tail(cli::TailArgs),
+    /// Certificates for mutual TLS, signed by the development CA.
+    Certs(mqtt_cli::CertsArgs),
+    /// Hash a password read from standard input for `[[mqtt.users]]`.
+    HashPassword,
 }
 
 #[derive(clap::Args, Clone)]
@@ -37,6 +54,19 @@ struct ServeArgs {
     /// Once serving, write what was bound (JSON) to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Address of the HTTP listener (Kinesis API, /health, /metrics)
+    /// [default: 127.0.0.1:4567].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// Address of the MQTT over TLS listener, or "off" [default: 0.0.0.0:8883].
+    #[arg(long, value_name = "ADDR")]
+    mqtts_listen: Option<String>,
+    /// Address of a plain MQTT listener [default: none].
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<String>,
+    /// Let clients without credentials publish on the plain MQTT listener.
+    #[arg(long)]
+    allow_anonymous: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,9 +77,15 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // One rustls crypto provider, ring, for everything in this process.
+    weir_collector::tls::install_default_provider();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Streams(args)) => return cli::run(cli::Operator::Streams(args)),
+        Some(Command::Tail(args)) => return cli::run(cli::Operator::Tail(args)),
+        Some(Command::Certs(args)) => return mqtt_cli::certs(args),
+        Some(Command::HashPassword) => return mqtt_cli::hash_password(),
         None => cli.serve,
     };
     let config = config_from(&args)?;
@@ -70,7 +106,24 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<Config> {
         config.store.fsync.clone_from(fsync);
         config.origin = "command line".into();
     }
+    if let Some(listen) = &args.http_listen {
+        config.http.listen.clone_from(listen);
+        config.origin = "command line".into();
+    }
+    if let Some(listen) = &args.mqtts_listen {
+        config.mqtt.tls_listen.clone_from(listen);
+        config.origin = "command line".into();
+    }
+    if let Some(listen) = &args.mqtt_listen {
+        config.mqtt.listen = Some(listen.clone());
+        config.origin = "command line".into();
+    }
+    if args.allow_anonymous {
+        config.mqtt.allow_anonymous = true;
+    }
     config.store_config()?;
+    config.http_listen()?;
+    config.mqtt_settings()?;
     Ok(config)
 }
 

@@ -1,0 +1,88 @@
+//! The collector's HTTP listener as a running component: bound at start-up,
+//! stopped (in-flight requests finished, bounded by [`SHUTDOWN_GRACE`])
+//! before the store closes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::service::{Api, ApiConfig};
+use super::token::{KeyError, TokenSigner};
+use crate::config::{Config, ConfigError};
+use crate::store::LogStore;
+
+/// How long requests in progress may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `[http]` or `[kinesis]` is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The address could not be bound.
+    #[error("binding the HTTP listener to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token key could not be loaded or created.
+    #[error("shard iterator key: {0}")]
+    Key(#[from] KeyError),
+}
+
+/// A running HTTP listener.
+#[derive(Debug)]
+pub struct HttpListener {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpListener {
+    /// Binds `[http] listen` and serves the Kinesis API over `store`.
+    ///
+    /// # Errors
+    /// Invalid settings, an address that cannot be bound, an unreadable
+    /// token key.
+    pub async fn start(config: &Config, store: LogStore) -> Result<Self, StartError> {
+        let addr = config.http_listen()?;
+        let api_config = ApiConfig {
+            region: config.kinesis_region()?.to_owned(),
+            write_limits: config.kinesis.write_limits,
+        };
+        let signer = TokenSigner::load_or_create(&config.data_dir)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let api = Api::new(store, signer, api_config);
+        let task = tokio::spawn(super::serve(listener, api, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%addr, "Kinesis API listening");
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Stops accepting, lets requests in progress finish (up to
+    /// [`SHUTDOWN_GRACE`]), then returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP listener failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener task failed"),
+            Err(_) => tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "HTTP requests still running at shutdown were abandoned"
+            ),
+        }
+    }
+}

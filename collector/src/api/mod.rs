@@ -1,0 +1,32 @@
+//! The Kinesis Data Streams–compatible HTTP API: the official AWS SDKs, the
+//! AWS CLI and Kinesis tooling talk to the collector as they would to
+//! Kinesis.
+//!
+//! `server` (HTTP: routes, body limits, backpressure) → `service` (`Api`:
+//! operation dispatch over any `StreamStore`) → `streams`, `records`,
+//! `admin` (one function per operation). `codec` is the only place that knows
+//! JSON 1.1 and CBOR 1.1, `model` the request/response shapes, `error` the
+//! error names, `token` the signed shard iterators and page tokens, `metrics`
+//! the Prometheus names.
+//!
+//! **Invariant**: only this module knows Kinesis's wire shapes; the store
+//! speaks its own vocabulary (`store::backend`).
+
+pub mod admin;
+pub mod codec;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod model;
+pub mod records;
+pub mod server;
+pub mod service;
+pub mod streams;
+pub mod token;
+
+pub use codec::Encoding;
+pub use error::{ApiError, ErrorKind};
+pub use listener::{HttpListener, StartError};
+pub use server::{router, serve};
+pub use service::{Api, ApiConfig};
+pub use token::TokenSigner;

@@ -1,0 +1,178 @@
+//! The HTTP side: `POST /` (the Kinesis API), `GET /health`, `GET /metrics`.
+//!
+//! Requests name their operation in `X-Amz-Target: Kinesis_20131202.<Op>` and
+//! their encoding in `Content-Type`. Memory is bounded: a body is read only
+//! after one of [`MAX_IN_FLIGHT_REQUESTS`] permits is taken (later requests
+//! wait: backpressure, not loss), and never past [`MAX_REQUEST_BYTES`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+use super::codec::Encoding;
+use super::error::{ApiError, ErrorKind};
+use super::metrics;
+use super::model::ErrorBody;
+use super::service::{Api, OPERATIONS};
+use crate::store::StreamStore;
+
+/// Largest request body: 5 MiB of PutRecords data is 6.7 MiB as base64, plus
+/// up to 500 partition keys and the JSON around them.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Requests whose bodies may be in memory at once (so at most
+/// `MAX_IN_FLIGHT_REQUESTS * MAX_REQUEST_BYTES` = 1 GiB of request bodies).
+pub const MAX_IN_FLIGHT_REQUESTS: usize = 128;
+/// The `X-Amz-Target` prefix of Kinesis Data Streams.
+pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
+
+struct HttpState<S> {
+    api: Api<S>,
+    in_flight: Semaphore,
+    metrics: Option<PrometheusHandle>,
+    request_ids: AtomicU64,
+    id_prefix: u32,
+}
+
+/// The HTTP routes over `api`.
+pub fn router<S: StreamStore>(api: Api<S>) -> Router {
+    let state = Arc::new(HttpState {
+        api,
+        in_flight: Semaphore::new(MAX_IN_FLIGHT_REQUESTS),
+        metrics: metrics::install(),
+        request_ids: AtomicU64::new(0),
+        id_prefix: rand::random(),
+    });
+    Router::new()
+        .route("/", post(kinesis::<S>))
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus::<S>))
+        .with_state(state)
+}
+
+/// Serves `api` on `listener` until `shutdown` resolves, then finishes the
+/// requests in progress.
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve<S: StreamStore>(
+    listener: tokio::net::TcpListener,
+    api: Api<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn prometheus<S: StreamStore>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    match &state.metrics {
+        Some(h) => {
+            h.run_upkeep();
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response(),
+    }
+}
+
+async fn kinesis<S: StreamStore>(
+    State(state): State<Arc<HttpState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let encoding = Encoding::from_content_type(
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+    );
+    let id = format!(
+        "{:08x}-{:016x}",
+        state.id_prefix,
+        state.request_ids.fetch_add(1, Ordering::Relaxed)
+    );
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
+    let label = OPERATIONS.iter().find(|o| **o == operation).copied().unwrap_or("unknown");
+    let result = handle(&state, operation, encoding, &headers, body).await;
+    match result {
+        Ok(bytes) => {
+            metrics::request(label, "ok");
+            let mut r = Response::new(Body::from(bytes));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                h.insert("x-amzn-requestid", v);
+            }
+            r
+        }
+        Err(e) => {
+            metrics::request(label, e.kind.name());
+            if e.kind == ErrorKind::InternalFailure {
+                tracing::warn!(operation, request_id = %id, error = %e, cause = ?e.source, "request failed");
+            } else {
+                tracing::debug!(operation, request_id = %id, error = %e, "request refused");
+            }
+            error_response(encoding, &e, &id)
+        }
+    }
+}
+
+async fn handle<S: StreamStore>(
+    state: &HttpState<S>,
+    operation: &str,
+    encoding: Encoding,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, ApiError> {
+    if !OPERATIONS.contains(&operation) {
+        return Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("X-Amz-Target {operation:?} names no Kinesis_20131202 operation"),
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::Serialization,
+            format!("Request body exceeds {MAX_REQUEST_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return Err(too_large());
+    }
+    let _permit = state
+        .in_flight
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(ErrorKind::InternalFailure, "server is shutting down"))?;
+    let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|_| too_large())?;
+    state.api.call(operation, encoding, &body).await
+}
+
+fn error_response(encoding: Encoding, e: &ApiError, id: &str) -> Response {
+    let body = ErrorBody { kind: e.kind.name(), message: &e.message };
+    let bytes = encoding.encode(&body).unwrap_or_else(|_| {
+        format!("{{\"__type\":\"{}\"}}", e.kind.name()).into_bytes()
+    });
+    let status =
+        StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, Body::from(bytes)).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    h.insert("x-amzn-errortype", HeaderValue::from_static(e.kind.name()));
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    r
+}

@@ -1,0 +1,334 @@
+//! The Kinesis API as a service over a [`StreamStore`]: operation dispatch and
+//! what operations share (stream names and ARNs, shapes of shards and
+//! streams, constraint checks).
+//!
+//! [`Api::call`] takes an operation name, the request's encoding and body, and
+//! returns the encoded answer or an [`ApiError`]; it knows nothing of HTTP, so
+//! tests and other front ends can drive it directly.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec::{Encoding, Timestamp};
+use super::error::{ACCOUNT_ID, ApiError, ErrorKind, Violations};
+use super::model::{EnhancedMetrics, HashKeyRange, SequenceNumberRange, Shard, StreamModeOut};
+use super::token::TokenSigner;
+use super::{admin, records, streams};
+use crate::store::{Clock, ShardDescription, StreamMode, StreamStore, SystemClock};
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Region named in stream ARNs.
+    pub region: String,
+    /// Whether PROVISIONED streams created through the API get per-shard
+    /// write limits.
+    pub write_limits: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { region: "us-east-1".into(), write_limits: false }
+    }
+}
+
+/// The Kinesis API over a store.
+#[derive(Debug)]
+pub struct Api<S> {
+    pub(super) store: S,
+    pub(super) signer: TokenSigner,
+    pub(super) config: ApiConfig,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+/// Every operation, by its `X-Amz-Target` suffix.
+pub const OPERATIONS: &[&str] = &[
+    "AddTagsToStream",
+    "CreateStream",
+    "DecreaseStreamRetentionPeriod",
+    "DeleteStream",
+    "DescribeStream",
+    "DescribeStreamSummary",
+    "GetRecords",
+    "GetShardIterator",
+    "IncreaseStreamRetentionPeriod",
+    "ListShards",
+    "ListStreams",
+    "ListTagsForStream",
+    "MergeShards",
+    "PutRecord",
+    "PutRecords",
+    "RemoveTagsFromStream",
+    "SplitShard",
+    "UpdateShardCount",
+    "UpdateStreamMode",
+];
+
+impl<S: StreamStore> Api<S> {
+    /// An API over `store`, signing tokens with `signer`.
+    pub fn new(store: S, signer: TokenSigner, config: ApiConfig) -> Self {
+        Self { store, signer, config, clock: Arc::new(SystemClock) }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs `operation` on a request body, answering in the same encoding.
+    ///
+    /// # Errors
+    /// The Kinesis error to send back.
+    pub async fn call(
+        &self,
+        operation: &str,
+        encoding: Encoding,
+        body: &[u8],
+    ) -> Result<Bytes, ApiError> {
+        async fn run<T, O, F>(encoding: Encoding, body: &[u8], f: F) -> Result<Bytes, ApiError>
+        where
+            T: DeserializeOwned,
+            O: Serialize,
+            F: AsyncFnOnce(T) -> Result<O, ApiError>,
+        {
+            let input: T = encoding.decode(body)?;
+            let output = f(input).await?;
+            encoding.encode(&output).map(Bytes::from)
+        }
+        match operation {
+            "AddTagsToStream" => run(encoding, body, async |i| admin::add_tags(self, i).await).await,
+            "CreateStream" => run(encoding, body, async |i| streams::create(self, i).await).await,
+            "DecreaseStreamRetentionPeriod" => {
+                run(encoding, body, async |i| admin::retention(self, i, false).await).await
+            }
+            "DeleteStream" => run(encoding, body, async |i| streams::delete(self, i).await).await,
+            "DescribeStream" => {
+                run(encoding, body, async |i| streams::describe(self, i).await).await
+            }
+            "DescribeStreamSummary" => {
+                run(encoding, body, async |i| streams::summary(self, i).await).await
+            }
+            "GetRecords" => run(encoding, body, async |i| records::get(self, i).await).await,
+            "GetShardIterator" => {
+                run(encoding, body, async |i| records::iterator(self, i).await).await
+            }
+            "IncreaseStreamRetentionPeriod" => {
+                run(encoding, body, async |i| admin::retention(self, i, true).await).await
+            }
+            "ListShards" => run(encoding, body, async |i| streams::list_shards(self, i).await).await,
+            "ListStreams" => run(encoding, body, async |i| streams::list(self, i).await).await,
+            "ListTagsForStream" => {
+                run(encoding, body, async |i| admin::list_tags(self, i).await).await
+            }
+            "MergeShards" => run(encoding, body, async |i| admin::merge(self, i).await).await,
+            "PutRecord" => run(encoding, body, async |i| records::put_one(self, i).await).await,
+            "PutRecords" => run(encoding, body, async |i| records::put_many(self, i).await).await,
+            "RemoveTagsFromStream" => {
+                run(encoding, body, async |i| admin::remove_tags(self, i).await).await
+            }
+            "SplitShard" => run(encoding, body, async |i| admin::split(self, i).await).await,
+            "UpdateShardCount" => {
+                run(encoding, body, async |i| admin::update_shard_count(self, i).await).await
+            }
+            "UpdateStreamMode" => {
+                run(encoding, body, async |i| admin::update_mode(self, i).await).await
+            }
+            other => Err(ApiError::new(
+                ErrorKind::UnknownOperation,
+                format!("Operation {other} is not supported"),
+            )),
+        }
+    }
+
+    /// Now, ms since the Unix epoch.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// `arn:aws:kinesis:<region>:000000000000:stream/<name>`.
+    pub(super) fn arn(&self, stream: &str) -> String {
+        format!("arn:aws:kinesis:{}:{ACCOUNT_ID}:stream/{stream}", self.config.region)
+    }
+
+    /// The stream a request names, by `StreamName` or `StreamARN`. A
+    /// missing or malformed name is recorded in `v` (and `None` returned); an
+    /// ARN of another account or region is `AccessDeniedException`.
+    ///
+    /// # Errors
+    /// A foreign or malformed ARN, or a name and an ARN that disagree.
+    pub(super) fn stream_name(
+        &self,
+        v: &mut Violations,
+        name: Option<&str>,
+        arn: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        let name_ok = name.is_none_or(|n| check_name(v, "streamName", n));
+        let arn_ok = arn.is_none_or(|a| check_len(v, "streamARN", a, 1, 2048));
+        match (name, arn) {
+            (None, None) => {
+                v.missing("streamName");
+                Ok(None)
+            }
+            _ if !(name_ok && arn_ok) => Ok(None),
+            (Some(n), None) => Ok(Some(n.to_owned())),
+            (name, Some(arn)) => {
+                let from_arn = self.name_from_arn(arn)?;
+                match name {
+                    Some(n) if n != from_arn => Err(ApiError::invalid(format!(
+                        "StreamName {n} and StreamARN {arn} name different streams."
+                    ))),
+                    _ => Ok(Some(from_arn)),
+                }
+            }
+        }
+    }
+
+    fn name_from_arn(&self, arn: &str) -> Result<String, ApiError> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [prefix, partition, service, region, account, resource] = parts[..] else {
+            return Err(ApiError::invalid(format!("{arn} is not a stream ARN.")));
+        };
+        let name = resource.strip_prefix("stream/");
+        let (true, Some(name)) =
+            (prefix == "arn" && partition.starts_with("aws") && service == "kinesis", name)
+        else {
+            return Err(ApiError::invalid(format!("{arn} is not a stream ARN.")));
+        };
+        if account != ACCOUNT_ID || region != self.config.region {
+            return Err(ApiError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "{arn} belongs to another account or region; this collector serves account {ACCOUNT_ID} in {}.",
+                    self.config.region
+                ),
+            ));
+        }
+        Ok(name.to_owned())
+    }
+}
+
+/// Takes a checked value after [`Violations::finish`] passed: a required
+/// member that was missing has been reported there already.
+///
+/// # Errors
+/// `ValidationException` naming `member` (only if the caller skipped the
+/// check).
+pub(super) fn present<T>(member: &str, value: Option<T>) -> Result<T, ApiError> {
+    value.ok_or_else(|| {
+        let mut v = Violations::default();
+        v.missing(member);
+        v.finish().err().unwrap_or_else(|| ApiError::new(ErrorKind::Validation, member))
+    })
+}
+
+/// Stream and shard names: 1–128 of `[a-zA-Z0-9_.-]`; returns whether it was.
+pub(super) fn check_name(v: &mut Violations, member: &str, name: &str) -> bool {
+    if !check_len(v, member, name, 1, 128) {
+        return false;
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        v.add(member, &name, "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+");
+        return false;
+    }
+    true
+}
+
+/// A length (in characters) within `min..=max`; returns whether it was.
+pub(super) fn check_len(v: &mut Violations, member: &str, s: &str, min: usize, max: usize) -> bool {
+    let chars = if s.is_ascii() { s.len() } else { s.chars().count() };
+    if chars < min {
+        v.add(member, &s, &format!("Member must have length greater than or equal to {min}"));
+        false
+    } else if chars > max {
+        v.add(member, &s, &format!("Member must have length less than or equal to {max}"));
+        false
+    } else {
+        true
+    }
+}
+
+/// An integer within `min..=max`, if given.
+pub(super) fn check_range(v: &mut Violations, member: &str, n: Option<i64>, min: i64, max: i64) {
+    match n {
+        Some(n) if n < min => {
+            v.add(member, &n, &format!("Member must have value greater than or equal to {min}"))
+        }
+        Some(n) if n > max => {
+            v.add(member, &n, &format!("Member must have value less than or equal to {max}"))
+        }
+        _ => {}
+    }
+}
+
+/// A hash key: a decimal of `0|([1-9]\d{0,38})` that fits in 128 bits.
+///
+/// Returns `None` after recording a pattern violation; a well-formed number
+/// past 2^128-1 is an `InvalidArgumentException` (what AWS answers).
+pub(super) fn parse_hash_key(
+    v: &mut Violations,
+    member: &str,
+    s: &str,
+    name: &str,
+) -> Result<Option<u128>, ApiError> {
+    let shaped = !s.is_empty()
+        && s.len() <= 39
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if !shaped {
+        v.add(member, &s, "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})");
+        return Ok(None);
+    }
+    s.parse::<u128>().map(Some).map_err(|_| {
+        ApiError::invalid(format!(
+            "Invalid {name}. {name} must be in the range: [0, 2^128-1]. Specified value was {s}."
+        ))
+    })
+}
+
+/// A sequence number's shape, `0|([1-9]\d{0,128})`.
+pub(super) fn check_sequence_shape(v: &mut Violations, member: &str, s: &str) -> bool {
+    let shaped = !s.is_empty()
+        && s.len() <= 129
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if !shaped {
+        v.add(member, &s, "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})");
+    }
+    shaped
+}
+
+/// Kinesis's shard shape.
+pub(super) fn shard_out(s: &ShardDescription) -> Shard {
+    Shard {
+        shard_id: s.shard_id.clone(),
+        parent_shard_id: s.parent_shard_id.clone(),
+        adjacent_parent_shard_id: s.adjacent_parent_shard_id.clone(),
+        hash_key_range: HashKeyRange {
+            starting_hash_key: s.hash_range.start.to_string(),
+            ending_hash_key: s.hash_range.end.to_string(),
+        },
+        sequence_number_range: SequenceNumberRange {
+            starting_sequence_number: s.starting_sequence.to_string(),
+            ending_sequence_number: s.ending_sequence.map(|e| e.to_string()),
+        },
+    }
+}
+
+/// `StreamModeDetails`.
+pub(super) fn mode_out(mode: StreamMode) -> StreamModeOut {
+    StreamModeOut { stream_mode: mode.as_str() }
+}
+
+/// `EnhancedMonitoring`: none is configurable, so one empty entry (as AWS
+/// reports a stream without shard-level metrics).
+pub(super) fn monitoring() -> Vec<EnhancedMetrics> {
+    vec![EnhancedMetrics { shard_level_metrics: Vec::new() }]
+}
+
+/// Creation time as a `Timestamp`.
+pub(super) fn created(ms: u64) -> Timestamp {
+    Timestamp::from_ms(ms)
+}

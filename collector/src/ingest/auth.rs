@@ -1,0 +1,269 @@
+//! Who may connect, and what each client may publish to.
+//!
+//! Authentication has three ways in, tried in this order:
+//!
+//! 1. a client certificate verified by the TLS listener: its common name
+//!    (or subject alternative name) is the identity, and the client id must
+//!    be that identity or empty (then it is assigned);
+//! 2. a user name and password checked against `[[mqtt.users]]`, whose
+//!    passwords are stored as Argon2 PHC strings (`weir-collector
+//!    hash-password` makes one); the user name is the identity;
+//! 3. anonymous, only on the plain listener and only when
+//!    `mqtt.allow_anonymous` (or `--allow-anonymous`) is set.
+//!
+//! Password checks are deliberately slow (Argon2, ~19 MiB each), so they run
+//! on the blocking pool, at most [`PASSWORD_CHECKS_IN_FLIGHT`] at a time; an
+//! unknown user costs the same check against a dummy hash, so timing does not
+//! tell which user names exist.
+//!
+//! Authorisation: `[[mqtt.acl]]` entries give an identity (`"*"` for every
+//! client, `"anonymous"` for clients without one) topic filters it may
+//! publish to, where `%c` stands for the client id and `%u` for the identity.
+//! A substituted value holding `/`, `+` or `#` (or a `%u` of an anonymous
+//! client) makes that filter match nothing, so a client cannot widen its own
+//! rule. With no entry at all, every connected client may publish anywhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::topics::{matches, valid_filter};
+
+/// Password checks that may run at once (each takes a core and ~19 MiB for
+/// tens of milliseconds): two, the cores of the machines we size for.
+pub const PASSWORD_CHECKS_IN_FLIGHT: usize = 2;
+
+/// One `[[mqtt.users]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    /// User name (the identity ACLs see).
+    pub name: String,
+    /// Argon2 PHC string, e.g. `$argon2id$v=19$m=19456,t=2,p=1$...`.
+    pub password_hash: String,
+}
+
+/// One `[[mqtt.acl]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AclEntry {
+    /// `"*"`, `"anonymous"`, or an identity (user name or certificate name).
+    pub identity: String,
+    /// Topic filters this identity may publish to; `%c` = client id,
+    /// `%u` = identity.
+    pub publish: Vec<String>,
+}
+
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+#[error("hashing the password: {0}")]
+pub struct HashError(argon2::password_hash::Error);
+
+/// Hashes a password into an Argon2id PHC string for `[[mqtt.users]]`.
+///
+/// # Errors
+/// [`HashError`] if Argon2 refuses the input (e.g. a password over its length
+/// limit).
+pub fn hash_password(password: &str) -> Result<String, HashError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(HashError)
+}
+
+/// Checks user names and passwords.
+#[derive(Debug)]
+pub struct Authenticator {
+    users: HashMap<String, Arc<str>>,
+    permits: Arc<Semaphore>,
+    dummy: OnceLock<Arc<str>>,
+}
+
+impl Authenticator {
+    /// Compiles `[[mqtt.users]]`.
+    ///
+    /// # Errors
+    /// `(key, message)` for a duplicate user or a hash that is not an Argon2
+    /// PHC string.
+    pub fn new(users: &[UserEntry]) -> Result<Self, (String, String)> {
+        let mut map = HashMap::with_capacity(users.len());
+        for (i, u) in users.iter().enumerate() {
+            if u.name.is_empty() {
+                return Err((format!("mqtt.users[{i}].name"), "must not be empty".into()));
+            }
+            let parsed = PasswordHash::new(&u.password_hash).map_err(|e| {
+                (
+                    format!("mqtt.users[{i}].password_hash"),
+                    format!("not a PHC string ({e}); make one with `weir-collector hash-password`"),
+                )
+            })?;
+            if !parsed.algorithm.as_str().starts_with("argon2") {
+                return Err((
+                    format!("mqtt.users[{i}].password_hash"),
+                    format!("algorithm {} is not argon2id/argon2i/argon2d", parsed.algorithm),
+                ));
+            }
+            if map.insert(u.name.clone(), Arc::from(u.password_hash.as_str())).is_some() {
+                return Err((format!("mqtt.users[{i}].name"), format!("duplicate user {:?}", u.name)));
+            }
+        }
+        Ok(Self {
+            users: map,
+            permits: Arc::new(Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT)),
+            dummy: OnceLock::new(),
+        })
+    }
+
+    /// Whether any user is configured.
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// Whether `password` is `user`'s. Takes as long for an unknown user.
+    pub async fn verify(&self, user: &str, password: &str) -> bool {
+        let (hash, known) = match self.users.get(user) {
+            Some(h) => (h.clone(), true),
+            None => {
+                let dummy = self.dummy.get_or_init(|| {
+                    Arc::from(hash_password("weir: no such user").unwrap_or_default().as_str())
+                });
+                (dummy.clone(), false)
+            }
+        };
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else { return false };
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        ok && known
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    Everyone,
+    Anonymous,
+    Identity(String),
+}
+
+/// Compiled `[[mqtt.acl]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acl {
+    rules: Vec<(Who, Vec<String>)>,
+}
+
+impl Acl {
+    /// Compiles the entries.
+    ///
+    /// # Errors
+    /// `(key, message)` for an invalid filter, named
+    /// `mqtt.acl[i].publish[j]`.
+    pub fn new(entries: &[AclEntry]) -> Result<Self, (String, String)> {
+        let mut rules = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let who = match e.identity.as_str() {
+                "*" => Who::Everyone,
+                "anonymous" => Who::Anonymous,
+                "" => return Err((format!("mqtt.acl[{i}].identity"), "must not be empty".into())),
+                name => Who::Identity(name.to_owned()),
+            };
+            for (j, f) in e.publish.iter().enumerate() {
+                if !valid_filter(&f.replace("%c", "x").replace("%u", "x")) {
+                    return Err((
+                        format!("mqtt.acl[{i}].publish[{j}]"),
+                        format!("{f:?} is not a valid topic filter"),
+                    ));
+                }
+            }
+            rules.push((who, e.publish.clone()));
+        }
+        Ok(Self { rules })
+    }
+
+    /// Whether `topic` may be published by this client.
+    pub fn allows(&self, client_id: &str, identity: Option<&str>, topic: &str) -> bool {
+        if self.rules.is_empty() {
+            return true;
+        }
+        let applies = |who: &Who| match who {
+            Who::Everyone => true,
+            Who::Anonymous => identity.is_none(),
+            Who::Identity(name) => identity == Some(name.as_str()),
+        };
+        let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#']);
+        self.rules.iter().filter(|(who, _)| applies(who)).flat_map(|(_, f)| f).any(|filter| {
+            let mut f = filter.clone();
+            if f.contains("%c") {
+                if !safe(client_id) {
+                    return false;
+                }
+                f = f.replace("%c", client_id);
+            }
+            if f.contains("%u") {
+                match identity {
+                    Some(id) if safe(id) => f = f.replace("%u", id),
+                    _ => return false,
+                }
+            }
+            matches(&f, topic)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passwords_verify_against_phc_strings() {
+        let hash = hash_password("s3cret").expect("hash");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        let auth = Authenticator::new(&[UserEntry { name: "dev".into(), password_hash: hash }])
+            .expect("users");
+        assert!(auth.verify("dev", "s3cret").await);
+        assert!(!auth.verify("dev", "wrong").await);
+        assert!(!auth.verify("nobody", "s3cret").await);
+    }
+
+    #[test]
+    fn bad_hashes_name_their_key() {
+        let e = Authenticator::new(&[UserEntry { name: "a".into(), password_hash: "plain".into() }])
+            .expect_err("not PHC");
+        assert_eq!(e.0, "mqtt.users[0].password_hash");
+    }
+
+    #[test]
+    fn acl_substitutes_client_id_and_identity() {
+        let acl = Acl::new(&[
+            AclEntry { identity: "*".into(), publish: vec!["weir/telemetry/%c".into()] },
+            AclEntry { identity: "ops".into(), publish: vec!["weir/#".into()] },
+            AclEntry { identity: "anonymous".into(), publish: vec!["weir/public/+".into()] },
+            AclEntry { identity: "*".into(), publish: vec!["weir/users/%u/#".into()] },
+        ])
+        .expect("acl");
+        assert!(acl.allows("dev1", Some("dev1"), "weir/telemetry/dev1"));
+        assert!(!acl.allows("dev1", Some("dev1"), "weir/telemetry/dev2"));
+        assert!(acl.allows("x", Some("ops"), "weir/anything/at/all"));
+        assert!(acl.allows("x", None, "weir/public/k"));
+        assert!(!acl.allows("x", Some("dev1"), "weir/public/k"));
+        assert!(acl.allows("x", Some("alice"), "weir/users/alice/k"));
+        assert!(!acl.allows("x", None, "weir/users/alice/k"));
+        // A client id with wildcards or slashes cannot widen its rule.
+        assert!(!acl.allows("+", Some("d"), "weir/telemetry/other"));
+        assert!(!acl.allows("a/b", Some("d"), "weir/telemetry/a/b"));
+        assert!(Acl::new(&[]).expect("open").allows("c", None, "any/topic"));
+        let e = Acl::new(&[AclEntry { identity: "*".into(), publish: vec!["a/#/b".into()] }])
+            .expect_err("bad filter");
+        assert_eq!(e.0, "mqtt.acl[0].publish[0]");
+    }
+}
