@@ -39,10 +39,9 @@ use super::clock::{Clock, SystemClock};
 use super::config::StoreConfig;
 use super::error::StoreError;
 use super::producer::{self, MAX_PRODUCER_ID_BYTES, ProducerBatch, ProducerTable};
-use super::shard::{
-    AppendReply, MAX_APPEND_BYTES, ShardShared, Writer, parse_shard_id, sequence_of, shard_id,
-};
+use super::shard::{ShardShared, parse_shard_id, sequence_of, shard_id};
 use super::throttle::WriteLimiter;
+use super::writer::{AppendReply, MAX_APPEND_BYTES, Writer};
 
 /// How long an append whose shard just closed waits for the new routing table
 /// before it fails; a reshard publishes it right after its catalog is saved.

@@ -13,10 +13,12 @@ pub mod durable;
 pub mod error;
 pub mod log_store;
 pub mod producer;
+pub mod recovery;
 pub mod segment;
 pub mod sequence;
 pub mod shard;
 pub mod throttle;
+pub mod writer;
 
 pub use backend::{
     Appended, CreateStreamOptions, NewRecord, ReadBatch, ReadLimits, ShardDescription,
