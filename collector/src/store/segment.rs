@@ -86,7 +86,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 
-use super::producer::{MAX_PRODUCER_ID_BYTES, ProducerBatch};
+use weir_wire::MAX_PRODUCER_ID_BYTES;
 
 /// Magic bytes that open every batch.
 pub const BATCH_MAGIC: [u8; 4] = *b"WRB1";
@@ -227,8 +227,17 @@ impl BatchHeader {
 }
 
 /// Bytes a producer tag takes in a record.
-fn tag_len(tag: &ProducerBatch) -> usize {
+fn tag_len(tag: &ProducerTag<'_>) -> usize {
     1 + tag.producer_id.len() + 8
+}
+
+/// A producer tag as the log holds it (see `producer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerTag<'a> {
+    /// The producer (1 to 64 bytes).
+    pub producer_id: &'a str,
+    /// Its batch sequence number.
+    pub batch_seq: u64,
 }
 
 /// Appends the encoding of one batch to `out`.
@@ -243,7 +252,7 @@ pub fn encode_tagged_batch(
     base_offset: u64,
     arrival_ms: u64,
     records: &[&RecordIn],
-    tags: &[(usize, &ProducerBatch)],
+    tags: &[(usize, ProducerTag<'_>)],
 ) {
     let start = out.len();
     let body: usize = records.iter().map(|r| r.encoded_len()).sum::<usize>()
@@ -257,7 +266,7 @@ pub fn encode_tagged_batch(
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     out.extend_from_slice(&arrival_ms.to_le_bytes());
     for (i, r) in records.iter().enumerate() {
-        let tag = tags.next_if(|(at, _)| *at == i).map(|(_, t)| *t);
+        let tag = tags.next_if(|(at, _)| *at == i).map(|(_, t)| t);
         let mut flags = 0;
         if tag.is_some() {
             flags |= FLAG_PRODUCER_TAG;
@@ -675,10 +684,10 @@ mod tests {
     fn producer_tags_round_trip_and_are_invisible_to_readers() {
         let recs: Vec<RecordIn> = (0..4).map(|i| rec("k", &[i])).collect();
         let refs: Vec<&RecordIn> = recs.iter().collect();
-        let a = ProducerBatch { producer_id: "dev-1".into(), batch_seq: 9 };
-        let b = ProducerBatch { producer_id: "gw".into(), batch_seq: u64::MAX };
+        let a = ProducerTag { producer_id: "dev-1", batch_seq: 9 };
+        let b = ProducerTag { producer_id: "gw", batch_seq: u64::MAX };
         let mut buf = Vec::new();
-        encode_tagged_batch(&mut buf, 0, 1, &refs, &[(0, &a), (2, &b)]);
+        encode_tagged_batch(&mut buf, 0, 1, &refs, &[(0, a), (2, b)]);
         let mut tags = Vec::new();
         let (_, out) = decode_batch_with_tags(Bytes::from(buf), 0, usize::MAX, |id, seq| {
             tags.push((id.to_owned(), seq));

@@ -28,7 +28,7 @@ use super::config::{FsyncPolicy, StoreConfig};
 use super::error::StoreError;
 use super::producer::{self, ProducerBatch, ProducerTable};
 use super::recovery::{open_segment, sync_dir, sync_file};
-use super::segment::{self, INDEX_ENTRY_BYTES, IndexEntry, RecordIn, SegmentError};
+use super::segment::{self, INDEX_ENTRY_BYTES, IndexEntry, ProducerTag, RecordIn, SegmentError};
 use super::shard::{Segment, ShardShared};
 
 /// Appends that may wait in one shard's queue; more appenders wait for a permit
@@ -370,13 +370,16 @@ impl WriterState {
         duplicate: &[bool],
     ) -> Result<(u64, u64), StoreError> {
         let mut records: Vec<&RecordIn> = Vec::new();
-        let mut tags: Vec<(usize, &ProducerBatch)> = Vec::new();
+        let mut tags: Vec<(usize, ProducerTag<'_>)> = Vec::new();
         for (r, dup) in group.iter().zip(duplicate) {
             if let (Request::Append { append, .. }, false) = (r, dup) {
                 if let Some(tag) = &append.tag
                     && !append.records.is_empty()
                 {
-                    tags.push((records.len(), tag));
+                    tags.push((
+                        records.len(),
+                        ProducerTag { producer_id: &tag.producer_id, batch_seq: tag.batch_seq },
+                    ));
                 }
                 records.extend(append.records.iter());
             }
