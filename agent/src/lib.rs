@@ -1,12 +1,321 @@
 //! weir-agent: the Linux device agent.
 //!
-//! Inputs (file tailing, host metrics, serial frames) produce records; the
-//! records are batched into wire batches and written to the on-disk
-//! [`spool`] before anything is sent; the shipper sends spooled batches over
+//! ```text
+//!  file input (thread per input: tail → multiline) --+
+//!  metrics input (thread per input: sysinfo) --------+--> bounded channel --> batcher (thread)
+//!                                                                               | wire batch + checkpoints
+//!                                                                               v
+//!                   collector <-- MQTT/TLS QoS 1 <-- shipper (task) <-- cursor -- spool (disk)
+//!                              --> PUBACK --------> ack: release the spooled entry
+//! ```
+//!
+//! Inputs produce records; the [`batcher`] groups them per target stream
+//! into wire batches and appends each to the on-disk [`spool`] together with
+//! the file [`checkpoint`] table; the [`shipper`] sends spooled batches over
 //! MQTT/TLS and releases them only after the collector's acknowledgement.
+//! [`run`] wires it all and runs until its shutdown future resolves;
+//! `main.rs` only parses arguments, sets up logging and waits for a signal.
 
+pub mod backoff;
+pub mod batcher;
+pub mod checkpoint;
+pub mod config;
+pub mod event;
+pub mod input;
+pub mod multiline;
+pub mod producer;
+pub mod shipper;
 pub mod spool;
+pub mod status;
 pub mod tail;
+pub mod template;
+pub mod tls;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::batcher::{Batcher, BatcherSetup};
+use crate::checkpoint::Table;
+use crate::config::{Config, InputKind};
+use crate::event::EVENT_CHANNEL_CAPACITY;
+use crate::spool::{FullPolicy, Spool, SpoolError};
+use crate::status::{
+    ConnectionStatus, Counts, FileStatus, InputStatus, Shared, SpoolStatus, Status, lock, now_ms,
+};
 
 /// The agent's version, as its binary reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The spool could not be opened.
+    #[error("opening the spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// The spool's instance id could not be read or made.
+    #[error(transparent)]
+    Producer(#[from] producer::ProducerError),
+    /// A thread could not be started.
+    #[error("starting the {what} thread: {source}")]
+    Thread {
+        /// Which one.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until `shutdown` resolves, then stops the inputs, spools
+/// what the batcher holds, waits briefly for acknowledgements in flight and
+/// writes a last status.
+///
+/// # Errors
+/// Start-up failures: unusable TLS files, a spool that cannot be opened, a
+/// thread that cannot be started. Once running, errors are reported in the
+/// status and the log, and the agent goes on.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    tls::install_default_provider();
+    let tls = match &config.collector.tls {
+        Some(files) => Some(tls::client_config(files)?),
+        None => {
+            tracing::warn!(collector = %config.collector.address, "plain MQTT: records travel unencrypted");
+            None
+        }
+    };
+    let spool = Spool::open(&config.spool_dir, config.spool)?;
+    let had_entries = spool.next_seq() > 0;
+    let instance = producer::instance_id(&config.spool_dir, had_entries)?;
+    let producer_id = producer::producer_id(&config.device_id, &instance);
+    let table = match spool.last_meta() {
+        None => Table::default(),
+        Some(meta) => Table::from_meta(meta).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the spool's checkpoints do not parse; files start afresh");
+            Table::default()
+        }),
+    };
+    tracing::info!(
+        device = %config.device_id,
+        producer = %producer_id,
+        spool = %config.spool_dir.display(),
+        backlog = spool.stats().entries,
+        files = table.len(),
+        "weir-agent {VERSION} starting"
+    );
+    let spool = Arc::new(Mutex::new(spool));
+    let shared = Arc::new(Shared::new(config.inputs.len()));
+    let (tx, rx) = std::sync::mpsc::sync_channel(EVENT_CHANNEL_CAPACITY);
+
+    let thread_err = |what: &str| {
+        let what = what.to_owned();
+        move |source| RunError::Thread { what, source }
+    };
+    let batcher = Batcher::new(
+        BatcherSetup {
+            config: config.batch,
+            producer_id: producer_id.clone(),
+            input_names: config.inputs.iter().map(|i| i.name.clone()).collect(),
+            input_streams: config.inputs.iter().map(|i| i.stream.clone()).collect(),
+            table: table.clone(),
+            checkpoint_file: config.checkpoint_file.clone(),
+        },
+        spool.clone(),
+        shared.clone(),
+    );
+    let batcher = std::thread::Builder::new()
+        .name("weir-batcher".into())
+        .spawn(move || batcher.run(rx))
+        .map_err(thread_err("batcher"))?;
+
+    let mut inputs = Vec::new();
+    for (index, input) in config.inputs.iter().enumerate() {
+        let handle = match &input.kind {
+            InputKind::File(f) => input::file::spawn(
+                input::file::FileTask {
+                    index,
+                    name: input.name.clone(),
+                    device_id: config.device_id.clone(),
+                    key: input.key.clone(),
+                    config: f.clone(),
+                    checkpoints: table.for_input(&input.name),
+                },
+                tx.clone(),
+                shared.clone(),
+            ),
+            InputKind::Metrics(m) => input::metrics::spawn(
+                input::metrics::MetricsTask {
+                    index,
+                    name: input.name.clone(),
+                    device_id: config.device_id.clone(),
+                    key: input.key.clone(),
+                    config: *m,
+                },
+                tx.clone(),
+                shared.clone(),
+            ),
+        };
+        match handle {
+            Ok(h) => inputs.push(h),
+            Err(source) => {
+                shared.shutdown.trigger();
+                return Err(RunError::Thread { what: format!("input {}", input.name), source });
+            }
+        }
+    }
+    // The batcher stops once every input has dropped its sender.
+    drop(tx);
+
+    let shipper = tokio::spawn(shipper::run(
+        shipper::ShipperSetup { collector: config.collector.clone(), tls },
+        spool.clone(),
+        shared.clone(),
+    ));
+    let reporter = Reporter { config: Arc::new(config), producer_id, started_at_ms: now_ms() };
+    let status_task = {
+        let (reporter, shared, spool) = (reporter.clone(), shared.clone(), spool.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(status::STATUS_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = shared.shutdown.wait() => break,
+                    _ = tick.tick() => reporter.write(&shared, &spool),
+                }
+            }
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("stopping");
+    shared.shutdown.trigger();
+    let joined = tokio::task::spawn_blocking(move || {
+        for h in inputs {
+            let _ = h.join();
+        }
+        let _ = batcher.join();
+    });
+    let _ = joined.await;
+    let _ = shipper.await;
+    let _ = status_task.await;
+    reporter.write(&shared, &spool);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Builds and writes the status file.
+#[derive(Debug, Clone)]
+struct Reporter {
+    config: Arc<Config>,
+    producer_id: String,
+    started_at_ms: u64,
+}
+
+impl Reporter {
+    fn write(&self, shared: &Shared, spool: &Mutex<Spool>) {
+        let status = self.status(shared, spool);
+        let path = &self.config.status_file;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = status::write_status(path, &status) {
+            tracing::warn!(path = %path.display(), error = %e, "writing the status file failed");
+        }
+    }
+
+    fn status(&self, shared: &Shared, spool: &Mutex<Spool>) -> Status {
+        let c = &self.config;
+        let stats = lock(spool).stats();
+        let checkpoints = lock(&shared.checkpoints).clone();
+        let inputs: Vec<InputStatus> = c
+            .inputs
+            .iter()
+            .zip(&shared.inputs)
+            .map(|(input, s)| {
+                let spooled = checkpoints.for_input(&input.name);
+                let files = lock(&s.files)
+                    .iter()
+                    .map(|(path, read_offset)| FileStatus {
+                        path: path.clone(),
+                        read_offset: *read_offset,
+                        spooled_offset: spooled
+                            .iter()
+                            .filter(|cp| Path::new(path) == cp.path)
+                            .map(|cp| cp.offset)
+                            .max(),
+                    })
+                    .collect();
+                InputStatus {
+                    name: input.name.clone(),
+                    kind: match input.kind {
+                        InputKind::File(_) => "file".into(),
+                        InputKind::Metrics(_) => "metrics".into(),
+                    },
+                    stream: input.stream.clone(),
+                    records: s.records.load(Ordering::Relaxed),
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                    lines_split: s.lines_split.load(Ordering::Relaxed),
+                    rotations: s.rotations.load(Ordering::Relaxed),
+                    truncations: s.truncations.load(Ordering::Relaxed),
+                    errors: s.errors.load(Ordering::Relaxed),
+                    last_error: s.last_error.get(),
+                    files,
+                }
+            })
+            .collect();
+        let sh = &shared.shipper;
+        let since = sh.connected_since_ms.load(Ordering::Relaxed);
+        let b = &shared.batcher;
+        let last_error = std::iter::once(sh.last_error.get())
+            .chain(std::iter::once(b.last_error.get()))
+            .chain(shared.inputs.iter().map(|i| i.last_error.get()))
+            .flatten()
+            .max_by_key(|e| e.at_ms);
+        Status {
+            version: VERSION.into(),
+            pid: std::process::id(),
+            started_at_ms: self.started_at_ms,
+            updated_at_ms: now_ms(),
+            device_id: c.device_id.clone(),
+            producer_id: self.producer_id.clone(),
+            collector: c.collector.address.clone(),
+            connection: ConnectionStatus {
+                state: sh.state().name().into(),
+                connected_since_ms: (since > 0).then_some(since),
+                reconnects: sh.reconnects.load(Ordering::Relaxed),
+                inflight: sh.inflight.load(Ordering::Relaxed),
+                last_error: sh.last_error.get(),
+            },
+            spool: SpoolStatus {
+                dir: c.spool_dir.clone(),
+                entries: stats.entries,
+                bytes: stats.bytes,
+                max_bytes: c.spool.max_bytes,
+                when_full: match c.spool.policy {
+                    FullPolicy::DropOldest => "drop_oldest".into(),
+                    FullPolicy::Block => "block".into(),
+                },
+                blocked: b.blocked.load(Ordering::Relaxed),
+                dropped_entries: stats.state.dropped_entries,
+                dropped_records: stats.state.dropped_records,
+                last_error: b.last_error.get(),
+            },
+            shipped: Counts {
+                batches: sh.batches.load(Ordering::Relaxed),
+                records: sh.records.load(Ordering::Relaxed),
+                bytes: sh.bytes.load(Ordering::Relaxed),
+            },
+            spooled: Counts {
+                batches: b.batches.load(Ordering::Relaxed),
+                records: b.records.load(Ordering::Relaxed),
+                bytes: b.bytes.load(Ordering::Relaxed),
+            },
+            pending_records: b.pending_records.load(Ordering::Relaxed),
+            inputs,
+            last_error,
+        }
+    }
+}

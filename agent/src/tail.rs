@@ -91,9 +91,41 @@ pub struct Checkpoint {
     /// The file.
     pub id: FileId,
     /// Its path when last seen.
+    #[serde(with = "path_serde")]
     pub path: PathBuf,
     /// Offset after the last line that is in the spool.
     pub offset: u64,
+}
+
+/// Paths in checkpoints: a string when the path is UTF-8, else its bytes, so
+/// a file whose name is not UTF-8 keeps an exact checkpoint (serde's own
+/// `PathBuf` support refuses such paths).
+mod path_serde {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => s.serialize_str(text),
+            None => s.collect_seq(path.as_os_str().as_bytes()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(match Repr::deserialize(d)? {
+            Repr::Text(t) => PathBuf::from(t),
+            Repr::Bytes(b) => PathBuf::from(OsString::from_vec(b)),
+        })
+    }
 }
 
 /// One line read from a file.

@@ -196,3 +196,172 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
 }
+
+/// A `weir-agent` process run from a configuration file; it can be killed
+/// and started again on the same spool. Its log accumulates across runs.
+pub struct Agent {
+    /// The running process, if any.
+    pub child: Option<Child>,
+    /// Its configuration file.
+    pub config_path: PathBuf,
+    /// Its status file (`[status] file` in the configuration).
+    pub status_path: PathBuf,
+    /// Its spool directory.
+    pub spool_dir: PathBuf,
+    /// File receiving its stderr (its log), all runs appended.
+    pub log_path: PathBuf,
+    /// Run the process as this user and group id (tests of permissions).
+    pub run_as: Option<(u32, u32)>,
+    command_line: String,
+}
+
+impl Agent {
+    /// An agent for `config_path`, not started yet.
+    pub fn new(config_path: &Path, status_path: &Path, spool_dir: &Path, log_dir: &Path) -> Self {
+        let name = format!("agent-{}", std::process::id() ^ rand_suffix());
+        Self {
+            child: None,
+            config_path: config_path.to_path_buf(),
+            status_path: status_path.to_path_buf(),
+            spool_dir: spool_dir.to_path_buf(),
+            log_path: log_dir.join(format!("{name}.log")),
+            run_as: None,
+            command_line: String::new(),
+        }
+    }
+
+    /// Starts the process (`weir-agent --config FILE`), appending to the log.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent already running\n{}", self.report());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("agent log file");
+        let mut cmd = Command::new(binary("weir-agent"));
+        cmd.arg("--config").arg(&self.config_path);
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.command_line = format!("{cmd:?}");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", self.command_line));
+        self.child = Some(child);
+    }
+
+    /// The process id of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The status file as JSON, if the agent has written one.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.status_path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the status file satisfies `cond`; `false` on timeout.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        mut cond: impl FnMut(&serde_json::Value) -> bool,
+    ) -> bool {
+        wait_for(timeout, || self.status().is_some_and(|s| cond(&s)))
+    }
+
+    /// Waits until the running process has written a status since it
+    /// started (its pid is in the file).
+    pub fn wait_running(&self, timeout: Duration) {
+        let pid = self.pid().map(u64::from);
+        if !self.wait_status(timeout, |s| s["pid"].as_u64() == pid) {
+            panic!("agent wrote no status within {timeout:?}\n{}", self.report());
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let mut status = None;
+        wait_for(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    /// Waits for the process to exit by itself (a refused configuration).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_for(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// The log of every run so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Command line, configuration, status, log and spool listing, for
+    /// failure messages.
+    pub fn report(&self) -> String {
+        let mut out = format!(
+            "command: {}\n--- config ---\n{}\n--- status ---\n{}\n--- log ---\n{}\n--- spool ---\n",
+            self.command_line,
+            std::fs::read_to_string(&self.config_path).unwrap_or_default(),
+            std::fs::read_to_string(&self.status_path).unwrap_or_default(),
+            self.log()
+        );
+        for entry in walk(&self.spool_dir) {
+            let _ = writeln!(out, "{entry}");
+        }
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Resident set size of a process in KiB (`VmRSS`), 0 if it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident set size of a process in KiB (`VmHWM`), 0 if it is gone.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -16,7 +16,13 @@ use kinesis_support::{code, sdk, seq, start};
 use weir_wire::hash_key;
 
 async fn create(client: &Client, name: &str, shards: i32) {
-    client.create_stream().stream_name(name).shard_count(shards).send().await.expect("CreateStream");
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("CreateStream");
 }
 
 async fn put(client: &Client, stream: &str, key: &str, data: &[u8]) -> (String, String) {
@@ -53,7 +59,8 @@ type Rec = (String, Vec<u8>, String, i64);
 async fn drain(client: &Client, mut it: String, limit: i32) -> (Vec<Rec>, Vec<String>) {
     let mut out = Vec::new();
     loop {
-        let r = client.get_records().shard_iterator(&it).limit(limit).send().await.expect("GetRecords");
+        let r =
+            client.get_records().shard_iterator(&it).limit(limit).send().await.expect("GetRecords");
         assert!(r.records().len() <= limit as usize);
         for rec in r.records() {
             let arrival = rec
@@ -149,9 +156,16 @@ async fn stream_lifecycle_listing_summaries_tags_and_modes() {
         .send()
         .await
         .expect("AddTagsToStream");
-    client.remove_tags_from_stream().stream_name("delta").tag_keys("team").send().await.expect("Remove");
+    client
+        .remove_tags_from_stream()
+        .stream_name("delta")
+        .tag_keys("team")
+        .send()
+        .await
+        .expect("Remove");
     let t = client.list_tags_for_stream().stream_name("delta").send().await.expect("ListTags");
-    let tags: BTreeMap<&str, Option<&str>> = t.tags().iter().map(|t| (t.key(), t.value())).collect();
+    let tags: BTreeMap<&str, Option<&str>> =
+        t.tags().iter().map(|t| (t.key(), t.value())).collect();
     assert_eq!(tags, BTreeMap::from([("env", Some("prod")), ("owner", Some("ops"))]));
     let t = client
         .list_tags_for_stream()
@@ -181,7 +195,10 @@ async fn stream_lifecycle_listing_summaries_tags_and_modes() {
         .update_stream_mode()
         .stream_arn("arn:aws:kinesis:us-east-1:000000000000:stream/delta")
         .stream_mode_details(
-            StreamModeDetails::builder().stream_mode(StreamMode::Provisioned).build().expect("mode"),
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::Provisioned)
+                .build()
+                .expect("mode"),
         )
         .send()
         .await
@@ -194,7 +211,10 @@ async fn stream_lifecycle_listing_summaries_tags_and_modes() {
         .expect("DescribeStream by ARN");
     let d = d.stream_description().expect("description");
     assert_eq!(d.stream_name(), "delta");
-    assert_eq!(d.stream_mode_details().map(|m| m.stream_mode().clone()), Some(StreamMode::Provisioned));
+    assert_eq!(
+        d.stream_mode_details().map(|m| m.stream_mode().clone()),
+        Some(StreamMode::Provisioned)
+    );
 
     // Delete, and the name is free again (with fresh shards).
     client.delete_stream().stream_name("alpha").send().await.expect("DeleteStream");
@@ -230,12 +250,17 @@ async fn records_go_to_the_shard_holding_md5_of_the_key_or_the_explicit_hash_key
     assert_eq!(ranges.len(), 4);
     assert_eq!((ranges[0].1, ranges[3].2), (0, u128::MAX));
     let holder = |h: u128| {
-        ranges.iter().find(|(_, s, e)| *s <= h && h <= *e).map(|(id, _, _)| id.clone()).expect("a shard")
+        ranges
+            .iter()
+            .find(|(_, s, e)| *s <= h && h <= *e)
+            .map(|(id, _, _)| id.clone())
+            .expect("a shard")
     };
     let mut last: BTreeMap<String, u128> = BTreeMap::new();
     for i in 0..200 {
         let key = format!("device-{i}");
-        let (shard, sequence) = put(&client, "routes", &key, format!("reading {i}").as_bytes()).await;
+        let (shard, sequence) =
+            put(&client, "routes", &key, format!("reading {i}").as_bytes()).await;
         assert_eq!(shard, holder(hash_key(&key)), "{key}");
         assert_eq!(sequence.len(), 39);
         // Strictly increasing per shard.
@@ -266,7 +291,13 @@ async fn records_go_to_the_shard_holding_md5_of_the_key_or_the_explicit_hash_key
             .data(Blob::new(vec![1]))
             .build()
             .expect("entry");
-        let r = client.put_records().stream_name("routes").records(entry).send().await.expect("PutRecords");
+        let r = client
+            .put_records()
+            .stream_name("routes")
+            .records(entry)
+            .send()
+            .await
+            .expect("PutRecords");
         assert_eq!(r.records()[0].shard_id(), Some(id.as_str()));
     }
 }
@@ -350,7 +381,9 @@ async fn every_iterator_type_limits_and_chaining() {
     let shard = "shardId-000000000000";
     let mut sent = Vec::new();
     for i in 0..30 {
-        sent.push(put(&client, "iters", &format!("k{}", i % 3), format!("r{i}").as_bytes()).await.1);
+        sent.push(
+            put(&client, "iters", &format!("k{}", i % 3), format!("r{i}").as_bytes()).await.1,
+        );
     }
     // TRIM_HORIZON, 7 at a time, chained through NextShardIterator.
     let it = iterator(&client, "iters", shard, ShardIteratorType::TrimHorizon).await;
@@ -475,17 +508,21 @@ async fn split_and_merge_keep_lineage_and_per_key_order() {
     assert_eq!(shards.len(), 3);
     let parent = &shards[0];
     assert!(parent.sequence_number_range().expect("range").ending_sequence_number().is_some());
-    for (child, (start, end)) in shards[1..].iter().zip([
-        ("0".to_owned(), (u128::MAX / 2).to_string()),
-        (mid.clone(), u128::MAX.to_string()),
-    ]) {
+    for (child, (start, end)) in shards[1..]
+        .iter()
+        .zip([("0".to_owned(), (u128::MAX / 2).to_string()), (mid.clone(), u128::MAX.to_string())])
+    {
         assert_eq!(child.parent_shard_id(), Some("shardId-000000000000"));
         let r = child.hash_key_range().expect("range");
         assert_eq!((r.starting_hash_key(), r.ending_hash_key()), (start.as_str(), end.as_str()));
         // Children's sequence numbers exceed the parent's.
         assert!(
             seq(child.sequence_number_range().expect("range").starting_sequence_number())
-                > seq(parent.sequence_number_range().expect("r").ending_sequence_number().expect("e"))
+                > seq(parent
+                    .sequence_number_range()
+                    .expect("r")
+                    .ending_sequence_number()
+                    .expect("e"))
         );
     }
     // Splitting a closed shard or at a key outside the range is refused.
@@ -523,7 +560,9 @@ async fn split_and_merge_keep_lineage_and_per_key_order() {
     let open = client
         .list_shards()
         .stream_name("reshard")
-        .shard_filter(ShardFilter::builder().r#type(ShardFilterType::AtLatest).build().expect("filter"))
+        .shard_filter(
+            ShardFilter::builder().r#type(ShardFilterType::AtLatest).build().expect("filter"),
+        )
         .send()
         .await
         .expect("ListShards AT_LATEST");
@@ -537,7 +576,9 @@ async fn split_and_merge_keep_lineage_and_per_key_order() {
     let roots = client
         .list_shards()
         .stream_name("reshard")
-        .shard_filter(ShardFilter::builder().r#type(ShardFilterType::AtTrimHorizon).build().expect("f"))
+        .shard_filter(
+            ShardFilter::builder().r#type(ShardFilterType::AtTrimHorizon).build().expect("f"),
+        )
         .send()
         .await
         .expect("ListShards AT_TRIM_HORIZON");
@@ -546,7 +587,8 @@ async fn split_and_merge_keep_lineage_and_per_key_order() {
 
     // Read the parent to its end, then its children (both, once both are
     // done), then the merge child: every key's records in the order sent.
-    let it = iterator(&client, "reshard", "shardId-000000000000", ShardIteratorType::TrimHorizon).await;
+    let it =
+        iterator(&client, "reshard", "shardId-000000000000", ShardIteratorType::TrimHorizon).await;
     let (mut got, children) = drain(&client, it, 3).await;
     assert_eq!(children, ["shardId-000000000001", "shardId-000000000002"], "{}", c.report());
     let mut grandchildren = Vec::new();
@@ -558,7 +600,8 @@ async fn split_and_merge_keep_lineage_and_per_key_order() {
     }
     grandchildren.dedup();
     assert_eq!(grandchildren, ["shardId-000000000003"]);
-    let it = iterator(&client, "reshard", "shardId-000000000003", ShardIteratorType::TrimHorizon).await;
+    let it =
+        iterator(&client, "reshard", "shardId-000000000003", ShardIteratorType::TrimHorizon).await;
     let (recs, _) = drain(&client, it, 3).await;
     got.extend(recs);
     let mut by_key: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
@@ -573,7 +616,10 @@ async fn split_and_merge_keep_lineage_and_per_key_order() {
     let r = client.get_records().shard_iterator(it).send().await.expect("GetRecords");
     assert!(r.next_shard_iterator().is_none());
     assert_eq!(r.child_shards().len(), 1);
-    assert_eq!(r.child_shards()[0].parent_shards(), ["shardId-000000000001", "shardId-000000000002"]);
+    assert_eq!(
+        r.child_shards()[0].parent_shards(),
+        ["shardId-000000000001", "shardId-000000000002"]
+    );
 }
 
 #[tokio::test]
@@ -594,7 +640,9 @@ async fn update_shard_count_scales_uniformly_within_kinesis_limits() {
         client
             .list_shards()
             .stream_name("scale")
-            .shard_filter(ShardFilter::builder().r#type(ShardFilterType::AtLatest).build().expect("f"))
+            .shard_filter(
+                ShardFilter::builder().r#type(ShardFilterType::AtLatest).build().expect("f"),
+            )
             .send()
             .await
             .expect("ListShards")
@@ -661,32 +709,75 @@ async fn retention_period_bounds_and_direction() {
             .expect("summary")
             .retention_period_hours()
     };
-    client.increase_stream_retention_period().stream_name("keep").retention_period_hours(8_760).send().await.expect("to 8760");
+    client
+        .increase_stream_retention_period()
+        .stream_name("keep")
+        .retention_period_hours(8_760)
+        .send()
+        .await
+        .expect("to 8760");
     assert_eq!(hours(client.clone()).await, 8_760);
-    client.decrease_stream_retention_period().stream_name("keep").retention_period_hours(24).send().await.expect("to 24");
+    client
+        .decrease_stream_retention_period()
+        .stream_name("keep")
+        .retention_period_hours(24)
+        .send()
+        .await
+        .expect("to 24");
     assert_eq!(hours(client.clone()).await, 24);
     for h in [23, 8_761] {
         expect_code!(
-            client.increase_stream_retention_period().stream_name("keep").retention_period_hours(h).send().await,
+            client
+                .increase_stream_retention_period()
+                .stream_name("keep")
+                .retention_period_hours(h)
+                .send()
+                .await,
             "InvalidArgumentException"
         );
     }
     expect_code!(
-        client.decrease_stream_retention_period().stream_name("keep").retention_period_hours(23).send().await,
+        client
+            .decrease_stream_retention_period()
+            .stream_name("keep")
+            .retention_period_hours(23)
+            .send()
+            .await,
         "InvalidArgumentException"
     );
-    client.increase_stream_retention_period().stream_name("keep").retention_period_hours(48).send().await.expect("to 48");
+    client
+        .increase_stream_retention_period()
+        .stream_name("keep")
+        .retention_period_hours(48)
+        .send()
+        .await
+        .expect("to 48");
     // Increase may not shorten, decrease may not lengthen.
     expect_code!(
-        client.increase_stream_retention_period().stream_name("keep").retention_period_hours(30).send().await,
+        client
+            .increase_stream_retention_period()
+            .stream_name("keep")
+            .retention_period_hours(30)
+            .send()
+            .await,
         "InvalidArgumentException"
     );
     expect_code!(
-        client.decrease_stream_retention_period().stream_name("keep").retention_period_hours(72).send().await,
+        client
+            .decrease_stream_retention_period()
+            .stream_name("keep")
+            .retention_period_hours(72)
+            .send()
+            .await,
         "InvalidArgumentException"
     );
     expect_code!(
-        client.increase_stream_retention_period().stream_name("keep").retention_period_hours(0).send().await,
+        client
+            .increase_stream_retention_period()
+            .stream_name("keep")
+            .retention_period_hours(0)
+            .send()
+            .await,
         "ValidationException"
     );
     assert_eq!(hours(client.clone()).await, 48);
@@ -698,10 +789,18 @@ async fn bad_input_gets_aws_error_names() {
     let client = sdk(addr);
     create(&client, "strict", 2).await;
     let put_key = |key: String| {
-        client.put_record().stream_name("strict").partition_key(key).data(Blob::new(b"x".to_vec())).send()
+        client
+            .put_record()
+            .stream_name("strict")
+            .partition_key(key)
+            .data(Blob::new(b"x".to_vec()))
+            .send()
     };
     let e = expect_code!(put_key(String::new()).await, "ValidationException");
-    assert!(code(&e) == "ValidationException" && format!("{e:?}").contains("partitionKey"), "{e:?}");
+    assert!(
+        code(&e) == "ValidationException" && format!("{e:?}").contains("partitionKey"),
+        "{e:?}"
+    );
     expect_code!(put_key("k".repeat(257)).await, "ValidationException");
     put_key("k".repeat(256)).await.expect("a 256-character key is fine");
     // 256 characters, more bytes: characters count, not bytes.
@@ -724,14 +823,24 @@ async fn bad_input_gets_aws_error_names() {
         .send()
         .await
         .expect("exactly 1 MiB is fine");
-    let entry = PutRecordsRequestEntry::builder().partition_key("").data(Blob::new(vec![1])).build().expect("e");
+    let entry = PutRecordsRequestEntry::builder()
+        .partition_key("")
+        .data(Blob::new(vec![1]))
+        .build()
+        .expect("e");
     expect_code!(
         client.put_records().stream_name("strict").records(entry).send().await,
         "ValidationException"
     );
     // Unknown stream, unknown shard.
     expect_code!(
-        client.put_record().stream_name("nope").partition_key("k").data(Blob::new(vec![1])).send().await,
+        client
+            .put_record()
+            .stream_name("nope")
+            .partition_key("k")
+            .data(Blob::new(vec![1]))
+            .send()
+            .await,
         "ResourceNotFoundException"
     );
     expect_code!(
@@ -770,12 +879,16 @@ async fn bad_input_gets_aws_error_names() {
         "InvalidArgumentException"
     );
     // Bad iterators: garbage, and a real one with one character changed.
-    let good = iterator(&client, "strict", "shardId-000000000000", ShardIteratorType::TrimHorizon).await;
+    let good =
+        iterator(&client, "strict", "shardId-000000000000", ShardIteratorType::TrimHorizon).await;
     let mut bytes = good.clone().into_bytes();
     bytes[12] = if bytes[12] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(bytes).expect("ascii");
     for it in ["not-an-iterator", tampered.as_str()] {
-        expect_code!(client.get_records().shard_iterator(it).send().await, "InvalidArgumentException");
+        expect_code!(
+            client.get_records().shard_iterator(it).send().await,
+            "InvalidArgumentException"
+        );
     }
     expect_code!(
         client.get_records().shard_iterator("x".repeat(513)).send().await,
@@ -785,7 +898,10 @@ async fn bad_input_gets_aws_error_names() {
         client.get_records().shard_iterator(&good).limit(10_001).send().await,
         "ValidationException"
     );
-    expect_code!(client.get_records().shard_iterator(&good).limit(0).send().await, "ValidationException");
+    expect_code!(
+        client.get_records().shard_iterator(&good).limit(0).send().await,
+        "ValidationException"
+    );
     // Iterator types that need a sequence number, and bad ones.
     expect_code!(
         client
@@ -799,13 +915,29 @@ async fn bad_input_gets_aws_error_names() {
         "InvalidArgumentException"
     );
     // Stream names, shard counts, existing streams.
-    expect_code!(client.create_stream().stream_name("strict").shard_count(1).send().await, "ResourceInUseException");
-    expect_code!(client.create_stream().stream_name("bad name!").shard_count(1).send().await, "ValidationException");
-    expect_code!(client.create_stream().stream_name("zero").shard_count(0).send().await, "ValidationException");
-    expect_code!(client.create_stream().stream_name("huge").shard_count(5_000).send().await, "LimitExceededException");
-    expect_code!(client.create_stream().stream_name("nocount").send().await, "InvalidArgumentException");
+    expect_code!(
+        client.create_stream().stream_name("strict").shard_count(1).send().await,
+        "ResourceInUseException"
+    );
+    expect_code!(
+        client.create_stream().stream_name("bad name!").shard_count(1).send().await,
+        "ValidationException"
+    );
+    expect_code!(
+        client.create_stream().stream_name("zero").shard_count(0).send().await,
+        "ValidationException"
+    );
+    expect_code!(
+        client.create_stream().stream_name("huge").shard_count(5_000).send().await,
+        "LimitExceededException"
+    );
+    expect_code!(
+        client.create_stream().stream_name("nocount").send().await,
+        "InvalidArgumentException"
+    );
     // Pagination misuse.
-    let page = client.list_shards().stream_name("strict").max_results(1).send().await.expect("ListShards");
+    let page =
+        client.list_shards().stream_name("strict").max_results(1).send().await.expect("ListShards");
     let token = page.next_token().expect("a token").to_owned();
     expect_code!(
         client.list_shards().stream_name("strict").next_token(&token).send().await,
@@ -813,8 +945,14 @@ async fn bad_input_gets_aws_error_names() {
     );
     let rest = client.list_shards().next_token(&token).send().await.expect("ListShards page 2");
     assert_eq!(rest.shards()[0].shard_id(), "shardId-000000000001");
-    expect_code!(client.list_shards().next_token("garbage").send().await, "InvalidArgumentException");
-    expect_code!(client.list_shards().stream_name("strict").max_results(0).send().await, "ValidationException");
+    expect_code!(
+        client.list_shards().next_token("garbage").send().await,
+        "InvalidArgumentException"
+    );
+    expect_code!(
+        client.list_shards().stream_name("strict").max_results(0).send().await,
+        "ValidationException"
+    );
     // An ARN of another account.
     expect_code!(
         client
@@ -846,7 +984,8 @@ async fn list_shards_and_describe_stream_page_through_shards() {
     let client = sdk(addr);
     create(&client, "wide", 5).await;
     let mut ids = Vec::new();
-    let mut page = client.list_shards().stream_name("wide").max_results(2).send().await.expect("ListShards");
+    let mut page =
+        client.list_shards().stream_name("wide").max_results(2).send().await.expect("ListShards");
     loop {
         ids.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
         let Some(t) = page.next_token().map(str::to_owned) else { break };
@@ -966,7 +1105,13 @@ async fn write_limits_throttle_per_entry_when_the_stream_enables_them() {
                     .expect("entry")
             })
             .collect();
-        let r = client.put_records().stream_name("free").set_records(Some(entries)).send().await.expect("put");
+        let r = client
+            .put_records()
+            .stream_name("free")
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("put");
         assert_eq!(r.failed_record_count(), Some(0));
     }
     // Throttles are counted per shard in the metrics.

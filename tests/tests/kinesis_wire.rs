@@ -37,7 +37,10 @@ async fn cbor_requests_get_cbor_answers_with_binary_blobs_and_tagged_timestamps(
         addr,
         Some("CreateStream"),
         CBOR,
-        cbor(&map(vec![("StreamName", Value::Text("bin".into())), ("ShardCount", Value::Integer(1.into()))])),
+        cbor(&map(vec![
+            ("StreamName", Value::Text("bin".into())),
+            ("ShardCount", Value::Integer(1.into())),
+        ])),
     )
     .await;
     assert_eq!((a.status, a.content_type.as_str()), (200, CBOR));
@@ -59,14 +62,20 @@ async fn cbor_requests_get_cbor_answers_with_binary_blobs_and_tagged_timestamps(
     // PutRecords with byte-string blobs too.
     let entries = (0..3)
         .map(|i| {
-            map(vec![("PartitionKey", Value::Text(format!("k{i}"))), ("Data", Value::Bytes(vec![i; 3]))])
+            map(vec![
+                ("PartitionKey", Value::Text(format!("k{i}"))),
+                ("Data", Value::Bytes(vec![i; 3])),
+            ])
         })
         .collect();
     let a = post(
         addr,
         Some("PutRecords"),
         CBOR,
-        cbor(&map(vec![("StreamName", Value::Text("bin".into())), ("Records", Value::Array(entries))])),
+        cbor(&map(vec![
+            ("StreamName", Value::Text("bin".into())),
+            ("Records", Value::Array(entries)),
+        ])),
     )
     .await;
     assert_eq!(a.status, 200);
@@ -114,7 +123,13 @@ async fn cbor_requests_get_cbor_answers_with_binary_blobs_and_tagged_timestamps(
     assert_eq!(a.status, 200, "{:?}", decode(&a.body));
 
     // Errors come back in CBOR too, with __type and message.
-    let a = post(addr, Some("DescribeStream"), CBOR, cbor(&map(vec![("StreamName", Value::Text("none".into()))]))).await;
+    let a = post(
+        addr,
+        Some("DescribeStream"),
+        CBOR,
+        cbor(&map(vec![("StreamName", Value::Text("none".into()))])),
+    )
+    .await;
     assert_eq!((a.status, a.content_type.as_str()), (400, CBOR));
     let e = decode(&a.body);
     assert_eq!(field(&e, "__type").as_text(), Some("ResourceNotFoundException"));
@@ -124,7 +139,9 @@ async fn cbor_requests_get_cbor_answers_with_binary_blobs_and_tagged_timestamps(
 #[tokio::test]
 async fn malformed_requests_get_error_names_and_never_hurt_the_collector() {
     let (c, addr) = start(&[]);
-    let ok = post(addr, Some("CreateStream"), JSON, br#"{"StreamName":"s","ShardCount":1}"#.to_vec()).await;
+    let ok =
+        post(addr, Some("CreateStream"), JSON, br#"{"StreamName":"s","ShardCount":1}"#.to_vec())
+            .await;
     assert_eq!(ok.status, 200);
     let json_type = |body: &[u8]| -> String {
         let v: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
@@ -135,10 +152,30 @@ async fn malformed_requests_get_error_names_and_never_hurt_the_collector() {
         (Some("PutRecord"), JSON, b"{".to_vec(), "SerializationException"),
         (Some("PutRecord"), JSON, b"[]".to_vec(), "SerializationException"),
         (Some("PutRecord"), JSON, br#"{"StreamName":5}"#.to_vec(), "SerializationException"),
-        (Some("PutRecord"), JSON, br#"{"StreamName":"s","PartitionKey":"k","Data":"%%%"}"#.to_vec(), "SerializationException"),
-        (Some("PutRecords"), JSON, br#"{"StreamName":"s","Records":{}}"#.to_vec(), "SerializationException"),
-        (Some("CreateStream"), JSON, br#"{"StreamName":"t","ShardCount":1.5}"#.to_vec(), "SerializationException"),
-        (Some("CreateStream"), JSON, br#"{"StreamName":"t","ShardCount":99999999999999999999}"#.to_vec(), "SerializationException"),
+        (
+            Some("PutRecord"),
+            JSON,
+            br#"{"StreamName":"s","PartitionKey":"k","Data":"%%%"}"#.to_vec(),
+            "SerializationException",
+        ),
+        (
+            Some("PutRecords"),
+            JSON,
+            br#"{"StreamName":"s","Records":{}}"#.to_vec(),
+            "SerializationException",
+        ),
+        (
+            Some("CreateStream"),
+            JSON,
+            br#"{"StreamName":"t","ShardCount":1.5}"#.to_vec(),
+            "SerializationException",
+        ),
+        (
+            Some("CreateStream"),
+            JSON,
+            br#"{"StreamName":"t","ShardCount":99999999999999999999}"#.to_vec(),
+            "SerializationException",
+        ),
         (Some("PutRecord"), JSON, br#"{"StreamName":"s"}"#.to_vec(), "ValidationException"),
         (Some("GetRecords"), JSON, b"{}".to_vec(), "ValidationException"),
         (Some("DescribeStream"), JSON, Vec::new(), "ValidationException"),
@@ -181,14 +218,50 @@ async fn malformed_requests_get_error_names_and_never_hurt_the_collector() {
             assert!(a.status == 400 || a.status == 200, "{op} {ct}: {}", a.status);
         }
     }
-    // A body over the size limit is refused without being buffered.
-    let a = post(addr, Some("PutRecords"), JSON, vec![b' '; 9 * 1024 * 1024]).await;
-    assert_eq!((a.status, json_type(&a.body).as_str()), (400, "SerializationException"));
+    // A body declared over the size limit is refused before it is read.
+    let head = oversized_request_head(addr).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-amzn-errortype: serializationexception"),
+        "{head}"
+    );
     // Still healthy, still serving, nothing panicked.
     assert_eq!(get(addr, "/health").await.0, 200);
-    let ok = post(addr, Some("PutRecord"), JSON, br#"{"StreamName":"s","PartitionKey":"k","Data":"aGk="}"#.to_vec()).await;
+    let ok = post(
+        addr,
+        Some("PutRecord"),
+        JSON,
+        br#"{"StreamName":"s","PartitionKey":"k","Data":"aGk="}"#.to_vec(),
+    )
+    .await;
     assert_eq!(ok.status, 200);
     assert!(!c.log().contains("panicked"), "{}", c.report());
+}
+
+/// Sends only the head of a PutRecords request declaring a 9 MiB body and
+/// returns the head of the answer.
+async fn oversized_request_head(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {JSON}\r\nx-amz-target: Kinesis_20131202.PutRecords\r\ncontent-length: {}\r\n\r\n",
+        9 * 1024 * 1024
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("an answer in time");
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test]
@@ -196,10 +269,18 @@ async fn health_and_per_shard_metrics() {
     let (_c, addr) = start(&[]);
     let (status, body) = get(addr, "/health").await;
     assert_eq!((status, body.trim()), (200, "ok"));
-    let a = post(addr, Some("CreateStream"), JSON, br#"{"StreamName":"m","ShardCount":1}"#.to_vec()).await;
+    let a =
+        post(addr, Some("CreateStream"), JSON, br#"{"StreamName":"m","ShardCount":1}"#.to_vec())
+            .await;
     assert_eq!(a.status, 200);
     for _ in 0..3 {
-        let a = post(addr, Some("PutRecord"), JSON, br#"{"StreamName":"m","PartitionKey":"k","Data":"aGVsbG8="}"#.to_vec()).await;
+        let a = post(
+            addr,
+            Some("PutRecord"),
+            JSON,
+            br#"{"StreamName":"m","PartitionKey":"k","Data":"aGVsbG8="}"#.to_vec(),
+        )
+        .await;
         assert_eq!(a.status, 200);
     }
     let a = post(
@@ -217,7 +298,11 @@ async fn health_and_per_shard_metrics() {
     assert_eq!(status, 200);
     let value = |name: &str| -> f64 {
         text.lines()
-            .find(|l| l.starts_with(name) && l.contains("shard=\"shardId-000000000000\"") && l.contains("stream=\"m\""))
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains("shard=\"shardId-000000000000\"")
+                    && l.contains("stream=\"m\"")
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
@@ -227,5 +312,8 @@ async fn health_and_per_shard_metrics() {
     assert_eq!(value("weir_shard_outgoing_records_total"), 1.0);
     assert_eq!(value("weir_shard_get_records_total"), 1.0);
     assert!(value("weir_shard_iterator_age_milliseconds") >= 0.0);
-    assert!(text.contains("weir_api_requests_total{operation=\"PutRecord\",outcome=\"ok\"} 3"), "{text}");
+    assert!(
+        text.contains("weir_api_requests_total{operation=\"PutRecord\",outcome=\"ok\"} 3"),
+        "{text}"
+    );
 }

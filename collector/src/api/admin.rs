@@ -9,7 +9,7 @@ use super::model::{
 };
 use super::service::{Api, check_len, check_name, check_range, parse_hash_key, present};
 use super::streams::{check_tags, parse_mode, tag_limit};
-use crate::store::backend::{MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, MAX_SHARDS_PER_STREAM};
+use crate::store::backend::{MAX_RETENTION_HOURS, MAX_SHARDS_PER_STREAM, MIN_RETENTION_HOURS};
 use crate::store::{SettingsChange, StreamMode, StreamStore};
 
 /// Most tags one AddTagsToStream or RemoveTagsFromStream call carries.
@@ -87,11 +87,9 @@ pub(super) async fn update_shard_count<S: StreamStore>(
     }
     match i.scaling_type.as_deref() {
         Some("UNIFORM_SCALING") => {}
-        Some(other) => v.add(
-            "scalingType",
-            &other,
-            "Member must satisfy enum value set: [UNIFORM_SCALING]",
-        ),
+        Some(other) => {
+            v.add("scalingType", &other, "Member must satisfy enum value set: [UNIFORM_SCALING]")
+        }
         None => v.missing("scalingType"),
     }
     v.finish()?;
@@ -119,7 +117,9 @@ pub(super) async fn update_shard_count<S: StreamStore>(
     if target > i64::from(MAX_SHARDS_PER_STREAM) {
         return Err(ApiError::new(
             ErrorKind::LimitExceeded,
-            format!("A stream has at most {MAX_SHARDS_PER_STREAM} open shards; asked for {target}."),
+            format!(
+                "A stream has at most {MAX_SHARDS_PER_STREAM} open shards; asked for {target}."
+            ),
         ));
     }
     let target_u32 = u32::try_from(target).unwrap_or(MAX_SHARDS_PER_STREAM);
@@ -140,7 +140,9 @@ pub(super) async fn retention<S: StreamStore>(
     let mut v = Violations::default();
     let name = api.stream_name(&mut v, i.stream_name.as_deref(), i.stream_arn.as_deref())?;
     match i.retention_period_hours {
-        Some(_) => check_range(&mut v, "retentionPeriodHours", i.retention_period_hours, 1, 1_000_000),
+        Some(_) => {
+            check_range(&mut v, "retentionPeriodHours", i.retention_period_hours, 1, 1_000_000)
+        }
         None => v.missing("retentionPeriodHours"),
     }
     v.finish()?;

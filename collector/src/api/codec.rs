@@ -225,7 +225,9 @@ mod tests {
 
     #[test]
     fn garbage_is_a_serialization_error() {
-        for body in [&b"{"[..], b"[1,2]", b"{\"Data\": 5, \"At\": 1}", b"{\"Data\":\"!!\",\"At\":1}"] {
+        for body in
+            [&b"{"[..], b"[1,2]", b"{\"Data\": 5, \"At\": 1}", b"{\"Data\":\"!!\",\"At\":1}"]
+        {
             let e = Encoding::Json.decode::<Sample>(body).expect_err("must fail");
             assert_eq!(e.kind, super::super::ErrorKind::Serialization, "{e}");
         }

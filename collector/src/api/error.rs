@@ -119,9 +119,10 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let (kind, message) = match &e {
-            StoreError::StreamNotFound(s) => {
-                (ErrorKind::ResourceNotFound, format!("Stream {s} under account {ACCOUNT_ID} not found."))
-            }
+            StoreError::StreamNotFound(s) => (
+                ErrorKind::ResourceNotFound,
+                format!("Stream {s} under account {ACCOUNT_ID} not found."),
+            ),
             StoreError::StreamExists(s) => (
                 ErrorKind::ResourceInUse,
                 format!("Stream {s} under account {ACCOUNT_ID} already exists."),
@@ -147,7 +148,9 @@ impl From<StoreError> for ApiError {
             StoreError::LimitExceeded(m) => (ErrorKind::LimitExceeded, m.clone()),
             StoreError::ThroughputExceeded { stream, shard } => (
                 ErrorKind::ProvisionedThroughputExceeded,
-                format!("Rate exceeded for shard {shard} in stream {stream} under account {ACCOUNT_ID}."),
+                format!(
+                    "Rate exceeded for shard {shard} in stream {stream} under account {ACCOUNT_ID}."
+                ),
             ),
             // Corruption, failed writers, I/O, shutdown: the collector's fault.
             _ => (ErrorKind::InternalFailure, "Internal service failure.".to_owned()),
@@ -170,13 +173,13 @@ impl Violations {
     pub fn add(&mut self, member: &str, value: &dyn fmt::Display, constraint: &str) {
         let mut v = value.to_string();
         if v.len() > MAX_VALUE_IN_MESSAGE {
-            let cut = (0..=MAX_VALUE_IN_MESSAGE).rev().find(|i| v.is_char_boundary(*i)).unwrap_or(0);
+            let cut =
+                (0..=MAX_VALUE_IN_MESSAGE).rev().find(|i| v.is_char_boundary(*i)).unwrap_or(0);
             v.truncate(cut);
             v.push_str("...");
         }
-        self.0.push(format!(
-            "Value '{v}' at '{member}' failed to satisfy constraint: {constraint}"
-        ));
+        self.0
+            .push(format!("Value '{v}' at '{member}' failed to satisfy constraint: {constraint}"));
     }
 
     /// Records that the required `member` is missing.

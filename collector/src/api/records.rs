@@ -301,7 +301,9 @@ pub(super) async fn iterator<S: StreamStore>(
         }
     };
     let position = api.store.position(&name, &shard, start).await?;
-    Ok(GetShardIteratorOutput { shard_iterator: api.signer.iterator(&name, position, api.now_ms()) })
+    Ok(GetShardIteratorOutput {
+        shard_iterator: api.signer.iterator(&name, position, api.now_ms()),
+    })
 }
 
 pub(super) async fn get<S: StreamStore>(
@@ -344,7 +346,13 @@ pub(super) async fn get<S: StreamStore>(
     };
     let shard = crate::store::shard::shard_id(it.position.shard_index);
     let bytes: u64 = batch.records.iter().map(|r| r.data.len() as u64).sum();
-    metrics::outgoing(&it.stream, &shard, batch.records.len() as u64, bytes, batch.millis_behind_latest);
+    metrics::outgoing(
+        &it.stream,
+        &shard,
+        batch.records.len() as u64,
+        bytes,
+        batch.millis_behind_latest,
+    );
     let child_shards = match &batch.end_of_shard {
         None => None,
         Some(children) => Some(child_shards(api, &it.stream, children).await?),

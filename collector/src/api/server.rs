@@ -81,7 +81,9 @@ async fn prometheus<S: StreamStore>(State(state): State<Arc<HttpState<S>>>) -> R
             h.run_upkeep();
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()
         }
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response(),
+        None => {
+            (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response()
+        }
     }
 }
 
@@ -162,11 +164,10 @@ async fn handle<S: StreamStore>(
 
 fn error_response(encoding: Encoding, e: &ApiError, id: &str) -> Response {
     let body = ErrorBody { kind: e.kind.name(), message: &e.message };
-    let bytes = encoding.encode(&body).unwrap_or_else(|_| {
-        format!("{{\"__type\":\"{}\"}}", e.kind.name()).into_bytes()
-    });
-    let status =
-        StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let bytes = encoding
+        .encode(&body)
+        .unwrap_or_else(|_| format!("{{\"__type\":\"{}\"}}", e.kind.name()).into_bytes());
+    let status = StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (status, Body::from(bytes)).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));

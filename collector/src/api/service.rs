@@ -73,6 +73,12 @@ impl<S: StreamStore> Api<S> {
         Self { store, signer, config, clock: Arc::new(SystemClock) }
     }
 
+    /// The same API reading time from `clock` (token issue and expiry).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
@@ -99,7 +105,9 @@ impl<S: StreamStore> Api<S> {
             encoding.encode(&output).map(Bytes::from)
         }
         match operation {
-            "AddTagsToStream" => run(encoding, body, async |i| admin::add_tags(self, i).await).await,
+            "AddTagsToStream" => {
+                run(encoding, body, async |i| admin::add_tags(self, i).await).await
+            }
             "CreateStream" => run(encoding, body, async |i| streams::create(self, i).await).await,
             "DecreaseStreamRetentionPeriod" => {
                 run(encoding, body, async |i| admin::retention(self, i, false).await).await
@@ -118,7 +126,9 @@ impl<S: StreamStore> Api<S> {
             "IncreaseStreamRetentionPeriod" => {
                 run(encoding, body, async |i| admin::retention(self, i, true).await).await
             }
-            "ListShards" => run(encoding, body, async |i| streams::list_shards(self, i).await).await,
+            "ListShards" => {
+                run(encoding, body, async |i| streams::list_shards(self, i).await).await
+            }
             "ListStreams" => run(encoding, body, async |i| streams::list(self, i).await).await,
             "ListTagsForStream" => {
                 run(encoding, body, async |i| admin::list_tags(self, i).await).await
@@ -331,4 +341,88 @@ pub(super) fn monitoring() -> Vec<EnhancedMetrics> {
 /// Creation time as a `Timestamp`.
 pub(super) fn created(ms: u64) -> Timestamp {
     Timestamp::from_ms(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LogStore, ManualClock, StoreConfig};
+
+    async fn call(
+        api: &Api<LogStore>,
+        op: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        let bytes = api.call(op, Encoding::Json, &serde_json::to_vec(&body).expect("json")).await?;
+        Ok(serde_json::from_slice(&bytes).expect("answer is JSON"))
+    }
+
+    #[tokio::test]
+    async fn iterators_and_list_shards_tokens_expire_after_five_minutes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path(), StoreConfig::default()).await.expect("open");
+        let clock = ManualClock::new(1_000_000);
+        let api = Api::new(store.clone(), TokenSigner::ephemeral(), ApiConfig::default())
+            .with_clock(Arc::new(clock.clone()));
+        call(&api, "CreateStream", serde_json::json!({"StreamName": "s", "ShardCount": 2}))
+            .await
+            .expect("create");
+        let it = call(
+            &api,
+            "GetShardIterator",
+            serde_json::json!({"StreamName": "s", "ShardId": "shardId-000000000000", "ShardIteratorType": "LATEST"}),
+        )
+        .await
+        .expect("iterator")["ShardIterator"]
+            .clone();
+        let page =
+            call(&api, "ListShards", serde_json::json!({"StreamName": "s", "MaxResults": 1}))
+                .await
+                .expect("ListShards");
+        let token = page["NextToken"].clone();
+        // Exactly five minutes later both still work.
+        clock.advance(300_000);
+        let r = call(&api, "GetRecords", serde_json::json!({"ShardIterator": it}))
+            .await
+            .expect("valid");
+        assert!(r["NextShardIterator"].is_string());
+        call(&api, "ListShards", serde_json::json!({"NextToken": token}))
+            .await
+            .expect("valid token");
+        // One millisecond more and they have expired, by name.
+        clock.advance(1);
+        let e = call(&api, "GetRecords", serde_json::json!({"ShardIterator": it}))
+            .await
+            .expect_err("expired");
+        assert_eq!(e.kind, ErrorKind::ExpiredIterator, "{e}");
+        let e = call(&api, "ListShards", serde_json::json!({"NextToken": token}))
+            .await
+            .expect_err("expired");
+        assert_eq!(e.kind, ErrorKind::ExpiredNextToken, "{e}");
+        // The NextShardIterator of a fresh read is good for five more minutes.
+        let fresh = r["NextShardIterator"].clone();
+        let e = call(&api, "GetRecords", serde_json::json!({"ShardIterator": fresh})).await;
+        assert!(e.is_ok(), "{e:?}");
+        store.close().await;
+    }
+
+    #[test]
+    fn hash_keys_and_names_are_checked_like_aws() {
+        let mut v = Violations::default();
+        assert_eq!(parse_hash_key(&mut v, "k", "0", "K").ok().flatten(), Some(0));
+        assert_eq!(
+            parse_hash_key(&mut v, "k", &u128::MAX.to_string(), "K").ok().flatten(),
+            Some(u128::MAX)
+        );
+        assert!(v.finish().is_ok());
+        let mut v = Violations::default();
+        assert!(
+            parse_hash_key(&mut v, "k", "340282366920938463463374607431768211456", "K").is_err()
+        );
+        assert_eq!(parse_hash_key(&mut v, "k", "01", "K").ok().flatten(), None);
+        assert!(!check_name(&mut v, "streamName", "a b"));
+        assert!(!check_len(&mut v, "partitionKey", &"é".repeat(257), 1, 256));
+        let e = v.finish().expect_err("three violations");
+        assert!(e.message.starts_with("3 validation errors detected: "), "{}", e.message);
+    }
 }

@@ -5,8 +5,7 @@ use super::error::{ACCOUNT_ID, ApiError, ErrorKind, Violations};
 use super::model::{
     CreateStreamInput, DescribeStreamInput, DescribeStreamOutput, DescribeStreamSummaryOutput,
     Empty, ListShardsInput, ListShardsOutput, ListStreamsInput, ListStreamsOutput, Shard,
-    StreamDescriptionOut, StreamDescriptionSummary, StreamInput, StreamModeDetails,
-    StreamSummary,
+    StreamDescriptionOut, StreamDescriptionSummary, StreamInput, StreamModeDetails, StreamSummary,
 };
 use super::service::{
     Api, check_len, check_name, check_range, created, mode_out, monitoring, present, shard_out,
@@ -183,7 +182,12 @@ pub(super) async fn list<S: StreamStore>(
         (true, Some(last)) => Some(api.signer.streams_token(last, api.now_ms())),
         _ => None,
     };
-    Ok(ListStreamsOutput { stream_names: page, has_more_streams: has_more, next_token, stream_summaries: summaries })
+    Ok(ListStreamsOutput {
+        stream_names: page,
+        has_more_streams: has_more,
+        next_token,
+        stream_summaries: summaries,
+    })
 }
 
 pub(super) async fn describe<S: StreamStore>(

@@ -54,7 +54,9 @@ impl Client {
             .body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
         let response = tokio::time::timeout(CALL_TIMEOUT, self.http.request(request))
             .await
-            .with_context(|| format!("{operation}: no answer from {} within {CALL_TIMEOUT:?}", self.endpoint))?
+            .with_context(|| {
+                format!("{operation}: no answer from {} within {CALL_TIMEOUT:?}", self.endpoint)
+            })?
             .with_context(|| format!("{operation}: cannot reach {}", self.endpoint))?;
         let status = response.status();
         let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
@@ -63,7 +65,10 @@ impl Client {
             .map_err(|e| anyhow::anyhow!("{operation}: reading the answer: {e}"))?
             .to_bytes();
         let value: Value = serde_json::from_slice(&bytes).with_context(|| {
-            format!("{operation}: answer ({status}) is not JSON: {}", String::from_utf8_lossy(&bytes))
+            format!(
+                "{operation}: answer ({status}) is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            )
         })?;
         if !status.is_success() {
             let field = |k: &str| value.get(k).and_then(Value::as_str).unwrap_or("").to_owned();

@@ -119,11 +119,19 @@ pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
             writeln!(out, "stream     {}", str_field(s, "StreamName")?)?;
             writeln!(out, "arn        {}", str_field(s, "StreamARN")?)?;
             writeln!(out, "status     {}", str_field(s, "StreamStatus")?)?;
-            writeln!(out, "mode       {}", s["StreamModeDetails"]["StreamMode"].as_str().unwrap_or("-"))?;
+            writeln!(
+                out,
+                "mode       {}",
+                s["StreamModeDetails"]["StreamMode"].as_str().unwrap_or("-")
+            )?;
             writeln!(out, "retention  {} h", s["RetentionPeriodHours"])?;
             writeln!(out, "open       {} shards", s["OpenShardCount"])?;
             writeln!(out)?;
-            writeln!(out, "{:<22} {:<7} {:<22} {:<40} HASH RANGE", "SHARD", "STATE", "PARENTS", "SEQUENCE RANGE")?;
+            writeln!(
+                out,
+                "{:<22} {:<7} {:<22} {:<40} HASH RANGE",
+                "SHARD", "STATE", "PARENTS", "SEQUENCE RANGE"
+            )?;
             for shard in list_shards(&client, &name).await? {
                 let parents: Vec<&str> = ["ParentShardId", "AdjacentParentShardId"]
                     .iter()
@@ -176,7 +184,11 @@ pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
                     json!({"StreamName": name, "TargetShardCount": count, "ScalingType": "UNIFORM_SCALING"}),
                 )
                 .await?;
-            writeln!(out, "resized {name} from {} to {} open shards", r["CurrentShardCount"], r["TargetShardCount"])?;
+            writeln!(
+                out,
+                "resized {name} from {} to {} open shards",
+                r["CurrentShardCount"], r["TargetShardCount"]
+            )?;
         }
     }
     Ok(())

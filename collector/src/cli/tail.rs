@@ -81,7 +81,8 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let listing = list_shards(&client, &args.stream).await?;
     let mut shards: BTreeMap<String, ShardInfo> = BTreeMap::new();
     for s in &listing {
-        let seq = |k: &str| s["SequenceNumberRange"][k].as_str().and_then(|x| x.parse::<u128>().ok());
+        let seq =
+            |k: &str| s["SequenceNumberRange"][k].as_str().and_then(|x| x.parse::<u128>().ok());
         shards.insert(
             str_field(s, "ShardId")?.to_owned(),
             ShardInfo {
@@ -107,11 +108,17 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         ),
         From::AtSeq(n) => {
             let v: u128 = n.parse().with_context(|| format!("sequence number {n:?}"))?;
+            // The shard whose range holds N with the latest start (ranges
+            // of open shards have no end, so an older open shard's range
+            // also holds a newer shard's numbers).
             let holder = shards
                 .iter()
-                .find(|(_, s)| s.start_seq <= v && s.end_seq.is_none_or(|e| v <= e))
+                .filter(|(_, s)| s.start_seq <= v && s.end_seq.is_none_or(|e| v <= e))
+                .max_by_key(|(_, s)| s.start_seq)
                 .map(|(id, _)| id.clone())
-                .with_context(|| format!("no shard of {} holds sequence number {n}", args.stream))?;
+                .with_context(|| {
+                    format!("no shard of {} holds sequence number {n}", args.stream)
+                })?;
             (
                 vec![holder],
                 json!({"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": n}),
@@ -126,8 +133,13 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         records: 0,
         done: BTreeSet::new(),
     };
-    // Active shards with their iterators; children start from TRIM_HORIZON
-    // once every parent is done.
+    // Active shards with their iterators; children start once every parent
+    // is done, from the same time with --from at-time, else from their
+    // first record.
+    let child_kind = match &from {
+        From::AtTime(_) => kind.clone(),
+        _ => json!({"ShardIteratorType": "TRIM_HORIZON"}),
+    };
     let mut active: Vec<(String, String)> = Vec::new();
     for id in start {
         let it = reader.iterator(&id, &kind).await?;
@@ -166,7 +178,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             .collect();
         for c in ready {
             waiting.remove(&c);
-            let it = reader.iterator(&c, &json!({"ShardIteratorType": "TRIM_HORIZON"})).await?;
+            let it = reader.iterator(&c, &child_kind).await?;
             next.push((c, it));
             all_caught_up = false;
         }
@@ -235,7 +247,9 @@ impl Reader {
             Ok(r) => r,
             Err(e) => match e.downcast_ref::<KinesisError>() {
                 Some(k) if k.kind == "ExpiredIteratorException" => {
-                    bail!("iterator of {shard} expired (the terminal was paused for more than 5 minutes): {k}")
+                    bail!(
+                        "iterator of {shard} expired (the terminal was paused for more than 5 minutes): {k}"
+                    )
                 }
                 _ => return Err(e),
             },
@@ -243,7 +257,8 @@ impl Reader {
         let records = r["Records"].as_array().map_or(&[][..], Vec::as_slice);
         let mut out = std::io::stdout().lock();
         for rec in records {
-            let data = BASE64.decode(str_field(rec, "Data")?).context("record data is not base64")?;
+            let data =
+                BASE64.decode(str_field(rec, "Data")?).context("record data is not base64")?;
             let arrival = rec["ApproximateArrivalTimestamp"].as_f64().unwrap_or(0.0);
             writeln!(
                 out,

@@ -25,7 +25,8 @@ pub fn parse_time(s: &str) -> anyhow::Result<f64> {
         }
         bail!("time {s:?} is before 1970");
     }
-    let bad = || anyhow::anyhow!("time {s:?}: expected epoch seconds or YYYY-MM-DDTHH:MM:SS[.fff]Z");
+    let bad =
+        || anyhow::anyhow!("time {s:?}: expected epoch seconds or YYYY-MM-DDTHH:MM:SS[.fff]Z");
     let s2 = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00")).ok_or_else(bad)?;
     let (date, time) = s2.split_once('T').ok_or_else(bad)?;
     let num = |t: &str| t.parse::<i64>().map_err(|_| bad());
@@ -34,7 +35,12 @@ pub fn parse_time(s: &str) -> anyhow::Result<f64> {
     let ([y, mo, da], [h, mi, se]) = (d.as_slice(), t.as_slice()) else { return Err(bad()) };
     let (y, mo, da, h, mi) = (num(y)?, num(mo)?, num(da)?, num(h)?, num(mi)?);
     let sec: f64 = se.parse().map_err(|_| bad())?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) {
+    if !(1..=12).contains(&mo)
+        || !(1..=31).contains(&da)
+        || h > 23
+        || mi > 59
+        || !(0.0..61.0).contains(&sec)
+    {
         return Err(bad());
     }
     let days = days_from_civil(y, mo, da);

@@ -12,9 +12,9 @@
 //!    `mqtt.allow_anonymous` (or `--allow-anonymous`) is set.
 //!
 //! Password checks are deliberately slow (Argon2, ~19 MiB each), so they run
-//! on the blocking pool, at most [`PASSWORD_CHECKS_IN_FLIGHT`] at a time; an
-//! unknown user costs the same check against a dummy hash, so timing does not
-//! tell which user names exist.
+//! on [`PASSWORD_CHECKS_IN_FLIGHT`] threads of their own; an unknown user
+//! costs the same check against a dummy hash, so timing does not tell which
+//! user names exist.
 //!
 //! Authorisation: `[[mqtt.acl]]` entries give an identity (`"*"` for every
 //! client, `"anonymous"` for clients without one) topic filters it may
@@ -24,13 +24,14 @@
 //! rule. With no entry at all, every connected client may publish anywhere.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use super::topics::{matches, valid_filter};
 
@@ -77,12 +78,35 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
         .map_err(HashError)
 }
 
+/// Password checks waiting for a checker thread, at most; a login beyond
+/// waits (bounded by [`PASSWORD_CHECK_TIMEOUT`]).
+pub const PASSWORD_QUEUE: usize = 256;
+/// How long a login may wait for its password check.
+pub const PASSWORD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Check {
+    /// The user's hash; `None` for an unknown user (checked against a dummy).
+    hash: Option<Arc<str>>,
+    password: String,
+    reply: oneshot::Sender<bool>,
+}
+
 /// Checks user names and passwords.
-#[derive(Debug)]
+///
+/// The checks run on [`PASSWORD_CHECKS_IN_FLIGHT`] threads of their own,
+/// started with the first check, rather than on the runtime's blocking pool:
+/// each Argon2 check takes ~19 MiB, which the allocator keeps per thread, so
+/// a few long-lived threads bound that memory where a pool of hundreds of
+/// short-lived ones would not.
 pub struct Authenticator {
     users: HashMap<String, Arc<str>>,
-    permits: Arc<Semaphore>,
-    dummy: OnceLock<Arc<str>>,
+    checks: OnceLock<mpsc::Sender<Check>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("users", &self.users.len()).finish()
+    }
 }
 
 impl Authenticator {
@@ -113,11 +137,7 @@ impl Authenticator {
                 return Err((format!("mqtt.users[{i}].name"), format!("duplicate user {:?}", u.name)));
             }
         }
-        Ok(Self {
-            users: map,
-            permits: Arc::new(Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT)),
-            dummy: OnceLock::new(),
-        })
+        Ok(Self { users: map, checks: OnceLock::new() })
     }
 
     /// Whether any user is configured.
@@ -125,28 +145,56 @@ impl Authenticator {
         !self.users.is_empty()
     }
 
-    /// Whether `password` is `user`'s. Takes as long for an unknown user.
+    /// Whether `password` is `user`'s. Takes as long for an unknown user;
+    /// `false` as well when the check cannot be done in time.
     pub async fn verify(&self, user: &str, password: &str) -> bool {
-        let (hash, known) = match self.users.get(user) {
-            Some(h) => (h.clone(), true),
-            None => {
-                let dummy = self.dummy.get_or_init(|| {
-                    Arc::from(hash_password("weir: no such user").unwrap_or_default().as_str())
-                });
-                (dummy.clone(), false)
-            }
+        let hash = self.users.get(user).cloned();
+        let known = hash.is_some();
+        let (reply, answer) = oneshot::channel();
+        let check = Check { hash, password: password.to_owned(), reply };
+        let sender = self.checks.get_or_init(start_checkers);
+        let checked = async {
+            sender.send(check).await.ok()?;
+            answer.await.ok()
         };
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else { return false };
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        ok && known
+        match tokio::time::timeout(PASSWORD_CHECK_TIMEOUT, checked).await {
+            Ok(Some(ok)) => ok && known,
+            Ok(None) => false,
+            Err(_) => {
+                tracing::warn!(user, "password check not done within {PASSWORD_CHECK_TIMEOUT:?}: too many logins at once");
+                false
+            }
+        }
     }
+}
+
+/// Starts the checker threads; they end when the sender is dropped.
+fn start_checkers() -> mpsc::Sender<Check> {
+    let (tx, rx) = mpsc::channel::<Check>(PASSWORD_QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..PASSWORD_CHECKS_IN_FLIGHT {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new().name(format!("weir-password-{i}")).spawn(move || {
+            let dummy = hash_password("weir: no such user").unwrap_or_default();
+            loop {
+                // Hold the lock only to take a job, not while checking it.
+                let job = match rx.lock() {
+                    Ok(mut rx) => rx.blocking_recv(),
+                    Err(_) => None,
+                };
+                let Some(job) = job else { break };
+                let hash = job.hash.as_deref().unwrap_or(&dummy);
+                let ok = PasswordHash::new(hash).is_ok_and(|parsed| {
+                    Argon2::default().verify_password(job.password.as_bytes(), &parsed).is_ok()
+                });
+                let _ = job.reply.send(ok);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a password checker thread");
+        }
+    }
+    tx
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

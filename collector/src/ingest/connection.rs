@@ -71,6 +71,10 @@ pub const MAX_PENDING_PUBLISHES: usize = 1024;
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 /// Longest client id accepted.
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
+/// Time a packet may take from its first byte to its last. A half-sent
+/// PUBLISH holds memory budget; this bounds how long a stalled (or hostile)
+/// client can keep it, whatever its keep-alive.
+pub const PACKET_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -240,6 +244,7 @@ pub async fn serve<S, IO>(
         aliases: Default::default(),
         close: None,
         last_packet: Instant::now(),
+        partial_since: None,
     };
     conn.run(info.will, attached).await;
 }
@@ -440,6 +445,8 @@ struct Conn<S, IO> {
     aliases: std::collections::HashMap<u16, String>,
     close: Option<Close>,
     last_packet: Instant,
+    /// When the incomplete packet at the head of `inbuf` started arriving.
+    partial_since: Option<Instant>,
 }
 
 impl<S, IO> Conn<S, IO>
@@ -484,7 +491,13 @@ where
             if !can_read {
                 // Time spent holding the client back is not its silence.
                 self.last_packet = Instant::now();
+                self.partial_since = None;
+            } else if self.inbuf.is_empty() {
+                self.partial_since = None;
+            } else {
+                self.partial_since.get_or_insert_with(Instant::now);
             }
+            let packet_deadline = self.partial_since.map(|t| t + PACKET_TIMEOUT);
             if can_read && self.inbuf.capacity() - self.inbuf.len() < 1024 {
                 self.inbuf.reserve(READ_BUFFER_BYTES);
             }
@@ -516,6 +529,11 @@ where
                 },
                 () = sleep_until(deadline), if can_read && deadline.is_some() => {
                     self.close = Some(Close::KeepAlive);
+                }
+                () = sleep_until(packet_deadline), if can_read && packet_deadline.is_some() => {
+                    self.close = Some(Close::Protocol(ProtocolError::Violation(format!(
+                        "a packet was not complete {PACKET_TIMEOUT:?} after its first byte"
+                    ))));
                 }
                 else => {
                     // Nothing left to wait for: only reachable once closing.
@@ -561,6 +579,7 @@ where
             }
             let frame = self.inbuf.split_to(header.frame_len);
             self.last_packet = Instant::now();
+            self.partial_since = None;
             match packet::decode(self.version, frame) {
                 Ok(p) => self.handle(p),
                 Err(e) => self.close = Some(Close::Protocol(e)),

@@ -405,10 +405,17 @@ pub fn decode_connect(version: Version, mut frame: BytesMut) -> Result<ConnectIn
 /// [`ProtocolError::Malformed`] for anything the codec refuses.
 pub fn decode(version: Version, mut frame: BytesMut) -> Result<Inbound, ProtocolError> {
     let byte0 = frame.first().copied().unwrap_or(0);
-    // A DISCONNECT with no body is "normal disconnection" in both versions
-    // (rumqttc's v5 reader wants a reason byte).
-    if byte0 == 0xE0 && frame.get(1) == Some(&0) {
-        return Ok(Inbound::Disconnect { reason: 0, session_expiry: None });
+    // A DISCONNECT with no body is "normal disconnection" in both versions,
+    // and an MQTT 5 one with only a reason code has no properties; rumqttc's
+    // v5 reader wants a reason byte and a property length.
+    if byte0 == 0xE0 {
+        match (frame.get(1), frame.get(2)) {
+            (Some(&0), _) => return Ok(Inbound::Disconnect { reason: 0, session_expiry: None }),
+            (Some(&1), Some(&reason)) if version == Version::V5 => {
+                return Ok(Inbound::Disconnect { reason, session_expiry: None });
+            }
+            _ => {}
+        }
     }
     let max = frame.len();
     guarded(|| match version {
@@ -739,21 +746,24 @@ pub fn write_disconnect(
         Reason::PayloadFormatInvalid => D::PayloadFormatInvalid,
         _ => D::UnspecifiedError,
     };
+    let Some(reason_string) = reason_string.filter(|s| s.len() < 1024) else {
+        // rumqttc 0.25 cannot encode this one: without properties it counts
+        // one byte but writes two, and with empty ones its length (2) hits
+        // the special case of a bare "normal disconnection". Reason code and
+        // an empty property length, by hand.
+        out.extend_from_slice(&[0xE0, 0x02, code as u8, 0x00]);
+        return;
+    };
     let disconnect = v5::Disconnect {
         reason_code: code,
-        properties: reason_string.filter(|s| s.len() < 1024).map(|r| v5::DisconnectProperties {
+        properties: Some(v5::DisconnectProperties {
             session_expiry_interval: None,
-            reason_string: Some(r),
+            reason_string: Some(reason_string),
             user_properties: Vec::new(),
             server_reference: None,
         }),
     };
     let _ = disconnect.write(out);
-}
-
-/// The payload of a frame that has a body, as a `Bytes` view (no copy).
-pub fn frozen(frame: BytesMut) -> Bytes {
-    frame.freeze()
 }
 
 #[cfg(test)]
@@ -803,6 +813,22 @@ mod tests {
         assert_eq!(sniff_connect(&[0x30, 0x00]).map_err(|e| e.reason()), Err(Reason::ProtocolError));
         assert!(sniff_connect(&[0x10, 0x02, 0x00]).is_err());
         assert!(sniff_connect(&[0x10, 0x06, 0x00, 0x04, b'H', b'T', b'T', b'P']).is_err());
+    }
+
+    #[test]
+    fn v5_disconnect_frames_are_consistent() {
+        for reason_string in [None, Some("bye".to_owned())] {
+            let mut out = BytesMut::new();
+            write_disconnect(&mut out, Version::V5, Reason::ServerShuttingDown, reason_string);
+            let h = frame_header(&out, 1 << 20).expect("header").expect("complete");
+            assert_eq!(h.frame_len, out.len(), "{:?}", &out[..]);
+            match v5::Packet::read(&mut out, None).expect("read") {
+                v5::Packet::Disconnect(d) => assert_eq!(d.reason_code as u8, 0x8B),
+                other => panic!("{other:?}"),
+            }
+        }
+        let got = decode(Version::V5, BytesMut::from(&[0xE0u8, 0x01, 0x04][..])).expect("decode");
+        assert_eq!(got, Inbound::Disconnect { reason: 4, session_expiry: None });
     }
 
     #[test]

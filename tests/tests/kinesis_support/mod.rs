@@ -48,8 +48,12 @@ pub fn sdk(addr: SocketAddr) -> Client {
 }
 
 /// The error name (`__type`) of a failed SDK call.
-pub fn code<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
-    e.as_service_error().and_then(|s| s.code()).map_or_else(|| format!("not a service error: {e:?}"), str::to_owned)
+pub fn code<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .map_or_else(|| format!("not a service error: {e:?}"), str::to_owned)
 }
 
 /// The error name and message of a failed call, or a panic naming what
@@ -80,7 +84,8 @@ pub struct Answer {
 pub async fn post(addr: SocketAddr, op: Option<&str>, content_type: &str, body: Vec<u8>) -> Answer {
     let client: HyperClient<HttpConnector, Full<Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build_http();
-    let mut req = hyper::Request::post(format!("http://{addr}/")).header("content-type", content_type);
+    let mut req =
+        hyper::Request::post(format!("http://{addr}/")).header("content-type", content_type);
     if let Some(op) = op {
         req = req.header("x-amz-target", format!("Kinesis_20131202.{op}"));
     }
@@ -90,12 +95,8 @@ pub async fn post(addr: SocketAddr, op: Option<&str>, content_type: &str, body: 
         .expect("answer in time")
         .expect("HTTP exchange");
     let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type =
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     Answer { status, content_type, body }
 }
@@ -104,7 +105,9 @@ pub async fn post(addr: SocketAddr, op: Option<&str>, content_type: &str, body: 
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let client: HyperClient<HttpConnector, Full<Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build_http();
-    let req = hyper::Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new())).expect("request");
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
     let resp = tokio::time::timeout(HTTP_TIMEOUT, client.request(req))
         .await
         .expect("answer in time")

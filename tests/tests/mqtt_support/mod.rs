@@ -445,8 +445,14 @@ mod v5 {
                 }
                 Ok(Err(e)) => {
                     report.error = Some(e.to_string());
-                    if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = e {
-                        report.connack = Some(connack_code(code));
+                    match e {
+                        rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
+                            report.connack = Some(connack_code(code));
+                        }
+                        rumqttc::v5::ConnectionError::MqttState(
+                            rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                        ) => report.disconnect = Some(reason_code as u8),
+                        _ => {}
                     }
                     break;
                 }
