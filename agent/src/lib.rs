@@ -26,13 +26,13 @@ pub mod multiline;
 pub mod producer;
 pub mod shipper;
 pub mod spool;
+pub mod stats;
 pub mod status;
 pub mod tail;
 pub mod template;
 pub mod tls;
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -40,10 +40,9 @@ use crate::batcher::{Batcher, BatcherSetup};
 use crate::checkpoint::Table;
 use crate::config::{Config, InputKind};
 use crate::event::EVENT_CHANNEL_CAPACITY;
-use crate::spool::{FullPolicy, Spool, SpoolError};
-use crate::status::{
-    ConnectionStatus, Counts, FileStatus, InputStatus, Shared, SpoolStatus, Status, lock, now_ms,
-};
+use crate::spool::{Spool, SpoolError};
+use crate::stats::{Shared, lock, now_ms};
+use crate::status::{ConnectionStatus, Counts, FileStatus, InputStatus, SpoolStatus, Status};
 
 /// The agent's version, as its binary reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -179,7 +178,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let status_task = {
         let (reporter, shared, spool) = (reporter.clone(), shared.clone(), spool.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(status::STATUS_INTERVAL);
+            let mut tick = tokio::time::interval(reporter.config.status_interval);
             loop {
                 tokio::select! {
                     () = shared.shutdown.wait() => break,
@@ -238,14 +237,13 @@ impl Reporter {
                 let spooled = checkpoints.for_input(&input.name);
                 let files = lock(&s.files)
                     .iter()
-                    .map(|(path, read_offset)| FileStatus {
+                    .map(|(key, path, read_offset)| FileStatus {
                         path: path.clone(),
                         read_offset: *read_offset,
                         spooled_offset: spooled
                             .iter()
-                            .filter(|cp| Path::new(path) == cp.path)
-                            .map(|cp| cp.offset)
-                            .max(),
+                            .find(|cp| checkpoint::key_of(cp) == *key)
+                            .map(|cp| cp.offset),
                     })
                     .collect();
                 InputStatus {
@@ -294,10 +292,7 @@ impl Reporter {
                 entries: stats.entries,
                 bytes: stats.bytes,
                 max_bytes: c.spool.max_bytes,
-                when_full: match c.spool.policy {
-                    FullPolicy::DropOldest => "drop_oldest".into(),
-                    FullPolicy::Block => "block".into(),
-                },
+                when_full: status::policy_name(c.spool.policy).into(),
                 blocked: b.blocked.load(Ordering::Relaxed),
                 dropped_entries: stats.state.dropped_entries,
                 dropped_records: stats.state.dropped_records,

@@ -115,10 +115,10 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         out,
-        "spool {} ({} MiB, {:?} when full), status {}",
+        "spool {} ({} MiB, {} when full), status {}",
         config.spool_dir.display(),
         config.spool.max_bytes / (1024 * 1024),
-        config.spool.policy,
+        weir_agent::status::policy_name(config.spool.policy),
         config.status_file.display()
     )?;
     for (i, input) in config.inputs.iter().enumerate() {
@@ -184,7 +184,7 @@ fn status(config_path: &Path, file: Option<&Path>, json: bool) -> anyhow::Result
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        write!(out, "{}", weir_agent::status::render(&status, weir_agent::status::now_ms()))?;
+        write!(out, "{}", weir_agent::status::render(&status, weir_agent::stats::now_ms()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -39,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::checkpoint::MetaStream;
 use crate::config::CollectorConfig;
 use crate::spool::{Cursor, Spool};
-use crate::status::{ConnState, Shared, lock, now_ms};
+use crate::stats::{ConnState, Shared, lock, now_ms};
 
 /// Most payload bytes in flight, whatever the window: bounds the memory the
 /// MQTT client holds for re-sending.

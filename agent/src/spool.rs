@@ -209,6 +209,8 @@ pub struct Spool {
     config: SpoolConfig,
     segments: Vec<Segment>,
     active: Option<File>,
+    /// Segments closed since the last [`Spool::sync`], to sync then.
+    unsynced: Vec<(u64, File)>,
     next_seq: u64,
     state: SpoolState,
     last_meta: Option<Vec<u8>>,
@@ -343,7 +345,16 @@ impl Spool {
         // crash between the acknowledgement and the deletion.
         let next_seq =
             segments.last().map_or(state.acked_below, |s| s.end_seq).max(state.acked_below);
-        let mut spool = Self { dir, config, segments, active: None, next_seq, state, last_meta };
+        let mut spool = Self {
+            dir,
+            config,
+            segments,
+            active: None,
+            unsynced: Vec::new(),
+            next_seq,
+            state,
+            last_meta,
+        };
         spool.delete_acked()?;
         Ok(spool)
     }
@@ -422,7 +433,12 @@ impl Spool {
             Some(s) => s.bytes > 0 && s.bytes + bytes.len() as u64 > self.config.segment_bytes,
         };
         if needs_new {
-            self.active = None;
+            // The closed segment's tail is synced by the next `sync`.
+            if let (Some(f), Some(seg)) = (self.active.take(), self.segments.last()) {
+                self.unsynced.push((seg.first_seq, f));
+            }
+            let live = &self.segments;
+            self.unsynced.retain(|(first, _)| live.iter().any(|s| s.first_seq == *first));
             self.segments.push(Segment {
                 first_seq: self.next_seq,
                 end_seq: self.next_seq,
@@ -486,11 +502,17 @@ impl Spool {
         Ok(dropped_records)
     }
 
-    /// fsyncs the active segment.
+    /// fsyncs what was appended since the last call: the active segment and
+    /// the segments closed since.
     ///
     /// # Errors
     /// The sync failed.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        for (first, f) in std::mem::take(&mut self.unsynced) {
+            if self.segments.iter().any(|s| s.first_seq == first) {
+                f.sync_data().map_err(io_err("fsync", &segment_path(&self.dir, first)))?;
+            }
+        }
         if let (Some(f), Some(seg)) = (&self.active, self.segments.last()) {
             f.sync_data().map_err(io_err("fsync", &segment_path(&self.dir, seg.first_seq)))?;
         }

@@ -1,111 +1,28 @@
 //! What the running agent reports about itself, and `weir-agent status`.
 //!
-//! Components count what they do in [`Shared`] (atomics, and a few mutexes
-//! for strings and lists, never held across I/O). Once a second the agent
-//! gathers them into a [`Status`] and replaces the status file atomically
-//! (temp file, rename), so a reader never sees half of it; `weir-agent status`
-//! reads that file and prints it, noting when it is stale (the agent is not
-//! running, or is stuck).
+//! Components count what they do in [`crate::stats::Shared`]. Every
+//! `status.interval_ms` (a second by default) the agent gathers the counters
+//! into a [`Status`] and replaces the status file atomically (temp file,
+//! rename), so a reader never sees half of it; `weir-agent status` reads that
+//! file and prints it, noting when it is stale (the agent is not running, or
+//! is stuck).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Table;
+/// The name of a spool policy, as the configuration writes it.
+pub fn policy_name(policy: crate::spool::FullPolicy) -> &'static str {
+    match policy {
+        crate::spool::FullPolicy::DropOldest => "drop_oldest",
+        crate::spool::FullPolicy::Block => "block",
+    }
+}
 
-/// How often the status file is rewritten.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// A status older than this is reported as stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
-/// Longest error message kept.
-const MAX_ERROR_CHARS: usize = 500;
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Locks a mutex, taking the data of a poisoned one (a panicked holder left
-/// counters and strings, which are still worth reporting).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The stop signal, for threads (condition variable) and tasks (watch).
-#[derive(Debug)]
-pub struct Shutdown {
-    flag: Mutex<bool>,
-    cv: Condvar,
-    tx: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self {
-            flag: Mutex::new(false),
-            cv: Condvar::new(),
-            tx: tokio::sync::watch::Sender::new(false),
-        }
-    }
-}
-
-impl Shutdown {
-    /// Asks everything to stop.
-    pub fn trigger(&self) {
-        *lock(&self.flag) = true;
-        self.cv.notify_all();
-        self.tx.send_replace(true);
-    }
-
-    /// Whether a stop was asked for.
-    pub fn is_set(&self) -> bool {
-        *lock(&self.flag)
-    }
-
-    /// Waits up to `timeout` for a stop; returns whether one was asked for.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let guard = lock(&self.flag);
-        let (guard, _) = self
-            .cv
-            .wait_timeout_while(guard, timeout, |stop| !*stop)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard
-    }
-
-    /// Resolves once a stop is asked for.
-    pub async fn wait(&self) {
-        let mut rx = self.tx.subscribe();
-        // Err only if the sender is gone, which it is not while `self` lives.
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-}
-
-/// A wake-up with a counter: the shipper signals freed spool space, the
-/// batcher (blocked on a full spool) waits for it.
-#[derive(Debug, Default)]
-pub struct Signal {
-    count: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Signal {
-    /// Wakes the waiters.
-    pub fn notify(&self) {
-        *lock(&self.count) += 1;
-        self.cv.notify_all();
-    }
-
-    /// Waits until notified or `timeout` passes.
-    pub fn wait_timeout(&self, timeout: Duration) {
-        let guard = lock(&self.count);
-        let seen = *guard;
-        let _ = self.cv.wait_timeout_while(guard, timeout, |c| *c == seen);
-    }
-}
 
 /// An error message and when it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,26 +31,6 @@ pub struct ErrorNote {
     pub message: String,
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
-}
-
-/// The newest error of a component.
-#[derive(Debug, Default)]
-pub struct LastError(Mutex<Option<ErrorNote>>);
-
-impl LastError {
-    /// Records an error.
-    pub fn set(&self, message: impl std::fmt::Display) {
-        let mut message = message.to_string();
-        if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
-            message.truncate(cut);
-        }
-        *lock(&self.0) = Some(ErrorNote { message, at_ms: now_ms() });
-    }
-
-    /// The newest error.
-    pub fn get(&self) -> Option<ErrorNote> {
-        lock(&self.0).clone()
-    }
 }
 
 /// A followed file, as its input reports it.
@@ -146,149 +43,6 @@ pub struct FileStatus {
     /// Offset the spooled lines reach (the checkpoint), if known.
     #[serde(default)]
     pub spooled_offset: Option<u64>,
-}
-
-/// Counters of one input.
-#[derive(Debug, Default)]
-pub struct InputStats {
-    /// Records produced.
-    pub records: AtomicU64,
-    /// Bytes of record data produced.
-    pub bytes: AtomicU64,
-    /// Pieces of over-long lines (file inputs).
-    pub lines_split: AtomicU64,
-    /// Rotations and deletions followed (file inputs).
-    pub rotations: AtomicU64,
-    /// Truncations followed (file inputs).
-    pub truncations: AtomicU64,
-    /// Errors met.
-    pub errors: AtomicU64,
-    /// The newest error.
-    pub last_error: LastError,
-    /// Followed files and read offsets (file inputs).
-    pub files: Mutex<Vec<(String, u64)>>,
-}
-
-/// Connection states of the shipper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConnState {
-    /// Not started yet.
-    Starting = 0,
-    /// Connecting (TCP, TLS, MQTT CONNECT).
-    Connecting = 1,
-    /// Connected and shipping.
-    Connected = 2,
-    /// Waiting before the next attempt.
-    Backoff = 3,
-    /// Stopped.
-    Stopped = 4,
-}
-
-impl ConnState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Connecting,
-            2 => Self::Connected,
-            3 => Self::Backoff,
-            4 => Self::Stopped,
-            _ => Self::Starting,
-        }
-    }
-
-    /// Its name in the status.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Connecting => "connecting",
-            Self::Connected => "connected",
-            Self::Backoff => "waiting to reconnect",
-            Self::Stopped => "stopped",
-        }
-    }
-}
-
-/// Counters of the shipper.
-#[derive(Debug, Default)]
-pub struct ShipperStats {
-    state: AtomicU8,
-    /// When the current connection was made (ms since the epoch), 0 if none.
-    pub connected_since_ms: AtomicU64,
-    /// Connections made after the first.
-    pub reconnects: AtomicU64,
-    /// Batches acknowledged.
-    pub batches: AtomicU64,
-    /// Records acknowledged.
-    pub records: AtomicU64,
-    /// Payload bytes acknowledged.
-    pub bytes: AtomicU64,
-    /// Batches sent and not acknowledged yet.
-    pub inflight: AtomicU64,
-    /// The newest connection error.
-    pub last_error: LastError,
-}
-
-impl ShipperStats {
-    /// Sets the connection state.
-    pub fn set_state(&self, s: ConnState) {
-        self.state.store(s as u8, Ordering::Relaxed);
-    }
-
-    /// The connection state.
-    pub fn state(&self) -> ConnState {
-        ConnState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-}
-
-/// Counters of the batcher.
-#[derive(Debug, Default)]
-pub struct BatcherStats {
-    /// Records written to the spool.
-    pub records: AtomicU64,
-    /// Entries written to the spool.
-    pub batches: AtomicU64,
-    /// Payload bytes written to the spool.
-    pub bytes: AtomicU64,
-    /// Records held, not yet spooled.
-    pub pending_records: AtomicU64,
-    /// Whether appends wait for space (policy `block`).
-    pub blocked: AtomicBool,
-    /// The newest spool error.
-    pub last_error: LastError,
-}
-
-/// Everything components share.
-#[derive(Debug)]
-pub struct Shared {
-    /// The stop signal.
-    pub shutdown: Shutdown,
-    /// Per input, in configuration order.
-    pub inputs: Vec<InputStats>,
-    /// The batcher.
-    pub batcher: BatcherStats,
-    /// The shipper.
-    pub shipper: ShipperStats,
-    /// New spool entries (batcher → shipper).
-    pub appended: tokio::sync::Notify,
-    /// Freed spool space (shipper → batcher).
-    pub space: Signal,
-    /// The checkpoint table as last written to `checkpoints.json`.
-    pub checkpoints: Mutex<Table>,
-}
-
-impl Shared {
-    /// Shared state for `inputs` inputs.
-    pub fn new(inputs: usize) -> Self {
-        Self {
-            shutdown: Shutdown::default(),
-            inputs: (0..inputs).map(|_| InputStats::default()).collect(),
-            batcher: BatcherStats::default(),
-            shipper: ShipperStats::default(),
-            appended: tokio::sync::Notify::new(),
-            space: Signal::default(),
-            checkpoints: Mutex::new(Table::default()),
-        }
-    }
 }
 
 /// The status file's content.
@@ -565,6 +319,7 @@ pub fn render(s: &Status, now_ms: u64) -> String {
 }
 
 #[cfg(test)]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -641,16 +396,5 @@ mod tests {
         assert!(!text.contains("stale"));
         assert!(render(&sample(), 70_000).contains("stale"));
         assert!(matches!(read_status(&dir.path().join("none")), Err(StatusError::Missing { .. })));
-    }
-
-    #[test]
-    fn shutdown_wakes_waiting_threads() {
-        let s = std::sync::Arc::new(Shutdown::default());
-        assert!(!s.wait_timeout(Duration::from_millis(1)));
-        let s2 = s.clone();
-        let t = std::thread::spawn(move || s2.wait_timeout(Duration::from_secs(30)));
-        s.trigger();
-        assert!(t.join().expect("join"));
-        assert!(s.is_set());
     }
 }

@@ -282,6 +282,12 @@ impl Tailer {
         self.files.iter().map(|f| (f.path.clone(), f.read_offset)).collect()
     }
 
+    /// Identity, path and read offset of each followed file (for status
+    /// reports that join them with checkpoints).
+    pub fn followed(&self) -> Vec<(FileId, PathBuf, u64)> {
+        self.files.iter().map(|f| (f.id, f.path.clone(), f.read_offset)).collect()
+    }
+
     /// Looks for new files, reads what the followed files gained (at most
     /// about `budget` bytes in all), and appends complete lines to `out`.
     /// Returns the errors met on individual files; they do not stop the others.

@@ -121,11 +121,46 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "qos1-100B", mode: Mode::Qos1, payload: 100, connections: 16, window: 64, tls: false },
-    Case { name: "qos1-1KiB", mode: Mode::Qos1, payload: 1024, connections: 16, window: 64, tls: false },
-    Case { name: "qos0-100B", mode: Mode::Qos0, payload: 100, connections: 16, window: 4, tls: false },
-    Case { name: "batch-100x100B", mode: Mode::Batch, payload: 100, connections: 16, window: 8, tls: false },
-    Case { name: "qos1-100B-tls", mode: Mode::Qos1, payload: 100, connections: 16, window: 64, tls: true },
+    Case {
+        name: "qos1-100B",
+        mode: Mode::Qos1,
+        payload: 100,
+        connections: 16,
+        window: 64,
+        tls: false,
+    },
+    Case {
+        name: "qos1-1KiB",
+        mode: Mode::Qos1,
+        payload: 1024,
+        connections: 16,
+        window: 64,
+        tls: false,
+    },
+    Case {
+        name: "qos0-100B",
+        mode: Mode::Qos0,
+        payload: 100,
+        connections: 16,
+        window: 4,
+        tls: false,
+    },
+    Case {
+        name: "batch-100x100B",
+        mode: Mode::Batch,
+        payload: 100,
+        connections: 16,
+        window: 8,
+        tls: false,
+    },
+    Case {
+        name: "qos1-100B-tls",
+        mode: Mode::Qos1,
+        payload: 100,
+        connections: 16,
+        window: 64,
+        tls: true,
+    },
 ];
 
 /// Where a run sends its load.
@@ -155,13 +190,14 @@ fn main() {
         }
     };
     weir_collector::tls::install_default_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: starting the runtime: {e}");
+                std::process::exit(1);
+            }
+        };
     if let Err(e) = runtime.block_on(bench(args)) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -276,7 +312,8 @@ impl CollectorProcess {
         let config = args.dir.join("collector.toml");
         // The TLS listener takes no anonymous clients: the load generator
         // logs in as `bench`.
-        let hash = weir_collector::ingest::hash_password(BENCH_PASSWORD).map_err(|e| e.to_string())?;
+        let hash =
+            weir_collector::ingest::hash_password(BENCH_PASSWORD).map_err(|e| e.to_string())?;
         std::fs::write(
             &config,
             format!(
@@ -285,7 +322,8 @@ impl CollectorProcess {
             ),
         )
         .map_err(|e| format!("{}: {e}", config.display()))?;
-        let log = std::fs::File::create(args.dir.join("collector.log")).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(args.dir.join("collector.log")).map_err(|e| e.to_string())?;
         let child = Command::new(env!("CARGO_BIN_EXE_weir-collector"))
             .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--mqtts-listen", "127.0.0.1:0"])
             .args(["--http-listen", "127.0.0.1:0", "--allow-anonymous", "--fsync", &args.fsync])
@@ -301,14 +339,22 @@ impl CollectorProcess {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting the collector: {e}"))?;
-        let mut process = Self { child, mqtt: ([0, 0, 0, 0], 0).into(), mqtts: ([0, 0, 0, 0], 0).into(), ca: PathBuf::new() };
+        let mut process = Self {
+            child,
+            mqtt: ([0, 0, 0, 0], 0).into(),
+            mqtts: ([0, 0, 0, 0], 0).into(),
+            ca: PathBuf::new(),
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&ready) {
                 break t;
             }
             if Instant::now() > deadline || process.child.try_wait().ok().flatten().is_some() {
-                return Err(format!("the collector did not start; see {}", args.dir.join("collector.log").display()));
+                return Err(format!(
+                    "the collector did not start; see {}",
+                    args.dir.join("collector.log").display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -318,7 +364,8 @@ impl CollectorProcess {
         };
         process.mqtt = addr("mqtt")?;
         process.mqtts = addr("mqtts")?;
-        process.ca = json["tls_ca"].as_str().map(PathBuf::from).ok_or("no tls_ca in the ready file")?;
+        process.ca =
+            json["tls_ca"].as_str().map(PathBuf::from).ok_or("no tls_ca in the ready file")?;
         Ok(process)
     }
 
@@ -365,13 +412,18 @@ impl MosquittoTls {
         let tls_dir = dir.join("mosquitto-tls");
         let dev = weir_collector::certs::ensure_dev_tls(&tls_dir, &[]).ok()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        // Mosquitto drops root privileges before reading its key: give it a
+        // readable copy of this throwaway key.
+        let key = tls_dir.join("mosquitto-server.key");
+        std::fs::copy(&dev.server_key, &key).ok()?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).ok()?;
         let conf = tls_dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\ncertfile {}\nkeyfile {}\n",
                 dev.server_cert.display(),
-                dev.server_key.display()
+                key.display()
             ),
         )
         .ok()?;
@@ -444,7 +496,8 @@ async fn load(case: &Case, target: &Target, stream: &str, seconds: f64) -> Resul
     }
     latencies.sort_unstable();
     let pct = |p: f64| {
-        latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |us| f64::from(*us) / 1000.0)
     };
     let msgs = acked as f64 / seconds;
@@ -474,12 +527,15 @@ async fn connection(
     start: Instant,
     end: Instant,
 ) -> Result<ConnResult, String> {
-    let tcp = TcpStream::connect(target.addr).await.map_err(|e| format!("connect {}: {e}", target.addr))?;
+    let tcp = TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| format!("connect {}: {e}", target.addr))?;
     let _ = tcp.set_nodelay(true);
     let mut io: Box<dyn Io> = match &target.tls {
         Some(config) => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());
-            let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let name =
+                rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
             Box::new(connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?)
         }
         None => Box::new(tcp),
@@ -489,9 +545,7 @@ async fn connection(
     let mut connect = rumqttc::Connect::new(client_id);
     connect.keep_alive = 120;
     connect.set_login("bench", BENCH_PASSWORD);
-    rumqttc::Packet::Connect(connect)
-        .write(&mut out, 1 << 20)
-        .map_err(|e| e.to_string())?;
+    rumqttc::Packet::Connect(connect).write(&mut out, 1 << 20).map_err(|e| e.to_string())?;
     io.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -546,7 +600,10 @@ async fn connection(
             break;
         }
         if stopping_since.is_some_and(|s| s.elapsed() > DRAIN_TIMEOUT) {
-            return Err(format!("{}: {outstanding} acknowledgements missing after {DRAIN_TIMEOUT:?}", target.name));
+            return Err(format!(
+                "{}: {outstanding} acknowledgements missing after {DRAIN_TIMEOUT:?}",
+                target.name
+            ));
         }
         let read = tokio::time::timeout(DRAIN_TIMEOUT, io.read_buf(&mut buf))
             .await
@@ -569,7 +626,9 @@ async fn connection(
             {
                 result.acked += per_slot;
                 result.bytes += per_slot * body.len() as u64;
-                result.latencies_us.push(u32::try_from(now.duration_since(t).as_micros()).unwrap_or(u32::MAX));
+                result
+                    .latencies_us
+                    .push(u32::try_from(now.duration_since(t).as_micros()).unwrap_or(u32::MAX));
             }
         }
     }

@@ -195,8 +195,9 @@ pub fn ensure_dev_tls(data_dir: &Path, server_names: &[String]) -> Result<DevTls
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, SERVER_VALIDITY_DAYS);
-        let cert =
-            params.signed_by(&key, &issuer).map_err(rcgen_error("signing the server certificate"))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(rcgen_error("signing the server certificate"))?;
         write_file(&server_key, key.serialize_pem().as_bytes(), true)?;
         write_file(&server_cert, cert.pem().as_bytes(), false)?;
         created.extend([server_cert.clone(), server_key.clone()]);
@@ -327,7 +328,8 @@ fn server_cert_is_current(path: &Path, names: &[String], days: i64) -> Result<bo
     let unreadable = |message: String| CertError::Unreadable { path: path.to_path_buf(), message };
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|e| unreadable(format!("not a PEM certificate: {e}")))?;
-    let cert = pem.parse_x509().map_err(|e| unreadable(format!("not an X.509 certificate: {e}")))?;
+    let cert =
+        pem.parse_x509().map_err(|e| unreadable(format!("not an X.509 certificate: {e}")))?;
     let not_after = cert.validity().not_after.timestamp();
     if not_after < (OffsetDateTime::now_utc() + Duration::days(days)).unix_timestamp() {
         return Ok(false);
@@ -435,7 +437,10 @@ mod tests {
         ));
         for bad in ["", "../x", "a b", ".hidden", &"x".repeat(65)] {
             assert!(
-                matches!(issue_device_cert(tmp.path(), bad, 30, None), Err(CertError::InvalidName(_))),
+                matches!(
+                    issue_device_cert(tmp.path(), bad, 30, None),
+                    Err(CertError::InvalidName(_))
+                ),
                 "{bad:?}"
             );
         }

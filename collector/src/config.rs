@@ -233,7 +233,8 @@ impl Config {
         if ok {
             Ok(r)
         } else {
-            Err(self.invalid("kinesis.region", format!("{r:?} is not a region name like us-east-1")))
+            let message = format!("{r:?} is not a region name like us-east-1");
+            Err(self.invalid("kinesis.region", message))
         }
     }
 

@@ -184,8 +184,11 @@ pub fn server_config(section: &TlsSection, data_dir: &Path) -> Result<ServerTls,
                     .map_err(|source| TlsError::Rustls { what: "client CA certificate", source })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier =
-                if mode == ClientCerts::Optional { verifier.allow_unauthenticated() } else { verifier };
+            let verifier = if mode == ClientCerts::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
             let verifier =
                 verifier.build().map_err(|source| TlsError::Verifier { path: ca, source })?;
             builder.with_client_cert_verifier(verifier)

@@ -151,7 +151,11 @@ fn tail_while_rotating_by_rename_copy_truncate_and_delete_loses_and_repeats_noth
     agent.start();
     let mut writer = Writer::start(&log, 0, 20, Duration::from_millis(2));
     for round in 0..6u64 {
-        let enough = (round + 1) * 400;
+        // Each rotation waits until the agent has read into the current
+        // file, so it sees every generation (the status is written once a
+        // second, so rotations are about a second apart, with the writer
+        // going on meanwhile).
+        let enough = writer.state.lock().expect("writer lock").1 + 200;
         assert!(
             agent.wait_status(SHIP_TIMEOUT, |s| status::input_records(s, 0) >= enough),
             "round {round}: the agent did not read {enough} lines\n{}",
@@ -188,6 +192,14 @@ fn tail_while_rotating_by_rename_copy_truncate_and_delete_loses_and_repeats_noth
             && status::drained(s)),
         "not all {total} lines shipped\n{}",
         failure(&agent, &w.collector)
+    );
+    // The agent saw each rotation as what it was.
+    let s = agent.status().expect("status");
+    let (rotations, truncations) = (&s["inputs"][0]["rotations"], &s["inputs"][0]["truncations"]);
+    assert!(
+        rotations.as_u64() >= Some(4) && truncations.as_u64() >= Some(2),
+        "{rotations} rotations and {truncations} truncations seen\n{}",
+        agent.report()
     );
     let got = w.finish(&mut [&mut agent], "rotation");
     if let Err(e) = check_exactly_once(&got, 0, total) {
@@ -477,7 +489,7 @@ fn bad_configurations_are_refused_with_the_key_at_fault() {
             good.replace("stream = \"logs\"", "stream = \"logs\"\ninterval_ms = 5"),
             "`inputs[0].interval_ms`",
         ),
-        (format!("{good}[spool]\nwhen_full = \"sometimes\"\n"), "when_full"),
+        (good.replace("[spool]\n", "[spool]\nwhen_full = \"sometimes\"\n"), "`spool.when_full`"),
         (good.replace(&format!("{ca:?}"), "\"/nonexistent/ca.pem\""), "`collector.tls.ca_file`"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {

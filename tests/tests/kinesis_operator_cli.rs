@@ -125,3 +125,68 @@ fn operator_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http://HOST:PORT"));
 }
+
+#[tokio::test]
+async fn tail_follow_prints_records_as_they_arrive() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let (_c, addr) = start(&[]);
+    let client = sdk(addr);
+    client.create_stream().stream_name("live").shard_count(2).send().await.expect("create");
+    let mut child = Command::new(binary("weir-collector"))
+        .args([
+            "tail",
+            "live",
+            "--from",
+            "latest",
+            "--follow",
+            "--endpoint",
+            &format!("http://{addr}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tail --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // `tail` takes its LATEST iterators at start: keep putting (bounded)
+    // until lines show up, then check each key's records arrive in order.
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while lines.len() < 10 && std::time::Instant::now() < deadline {
+        client
+            .put_record()
+            .stream_name("live")
+            .partition_key(format!("k{}", sent % 2))
+            .data(Blob::new(format!("n={sent}").into_bytes()))
+            .send()
+            .await
+            .expect("put");
+        sent += 1;
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(50)) {
+            lines.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.len() >= 10, "tail --follow printed {lines:?} after {sent} puts");
+    for key in ["k0", "k1"] {
+        let ns: Vec<u32> = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{key}\t")))
+            .filter_map(|l| l.rsplit("n=").next()?.parse().ok())
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{key}: {ns:?}");
+    }
+}

@@ -317,3 +317,17 @@ async fn health_and_per_shard_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_promptly_with_idle_keep_alive_connections_open() {
+    let (mut c, addr) = start(&[]);
+    // A pooled client keeps its connection open after the answer.
+    let client = kinesis_support::sdk(addr);
+    client.create_stream().stream_name("bye").shard_count(1).send().await.expect("create");
+    client.list_streams().send().await.expect("list");
+    c.signal("TERM");
+    // Well inside the listener's 10 s grace: idle connections do not hold it.
+    let status = c.wait_exit(std::time::Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{}", c.report());
+    drop(client);
+}

@@ -65,34 +65,56 @@ async fn credentials_are_checked_and_refusals_carry_reason_codes() {
 
     // Wrong password, unknown user: 3.1.1 code 4, MQTT 5 0x86.
     for (user, pw) in [("alice", "wrong"), ("mallory", "alice-pw")] {
-        let r = publish(&Conn::new(plain, Version::V4, "c4").with_login(user, pw), one(), TIMEOUT).await;
+        let r = publish(&Conn::new(plain, Version::V4, "c4").with_login(user, pw), one(), TIMEOUT)
+            .await;
         assert_eq!(r.connack, Some(4), "{user}: {r:?}");
-        let r = publish(&Conn::new(plain, Version::V5, "c5").with_login(user, pw), one(), TIMEOUT).await;
+        let r = publish(&Conn::new(plain, Version::V5, "c5").with_login(user, pw), one(), TIMEOUT)
+            .await;
         assert_eq!(r.connack, Some(0x86), "{user}: {r:?}");
     }
     // No credentials on the TLS listener: anonymous is for the plain one only.
-    let r = publish(&Conn::new(secure, Version::V4, "anon").with_tls(server_only.clone()), one(), TIMEOUT).await;
+    let r = publish(
+        &Conn::new(secure, Version::V4, "anon").with_tls(server_only.clone()),
+        one(),
+        TIMEOUT,
+    )
+    .await;
     assert_eq!(r.connack, Some(5), "{r:?}");
-    let r = publish(&Conn::new(secure, Version::V5, "anon").with_tls(server_only.clone()), one(), TIMEOUT).await;
+    let r = publish(
+        &Conn::new(secure, Version::V5, "anon").with_tls(server_only.clone()),
+        one(),
+        TIMEOUT,
+    )
+    .await;
     assert_eq!(r.connack, Some(0x87), "{r:?}");
     // The right password works on both listeners.
-    let r = publish(&Conn::new(secure, Version::V5, "a1").with_tls(server_only).with_login("alice", "alice-pw"), one(), TIMEOUT).await;
+    let r = publish(
+        &Conn::new(secure, Version::V5, "a1").with_tls(server_only).with_login("alice", "alice-pw"),
+        one(),
+        TIMEOUT,
+    )
+    .await;
     r.assert_all_ok();
 
     // A certificate's identity is the client id: another one is refused.
     let (cert, key) = issue(&c, "dev-1");
     let mutual = tls(&ca, Some((&cert, &key)));
-    let r = publish(&Conn::new(secure, Version::V5, "dev-2").with_tls(mutual.clone()), one(), TIMEOUT).await;
+    let r =
+        publish(&Conn::new(secure, Version::V5, "dev-2").with_tls(mutual.clone()), one(), TIMEOUT)
+            .await;
     assert_eq!(r.connack, Some(0x85), "{r:?}");
-    let r = publish(&Conn::new(secure, Version::V4, "dev-2").with_tls(mutual), one(), TIMEOUT).await;
+    let r =
+        publish(&Conn::new(secure, Version::V4, "dev-2").with_tls(mutual), one(), TIMEOUT).await;
     assert_eq!(r.connack, Some(2), "{r:?}");
 
     // A certificate from another CA fails the handshake.
     let other = tempfile::tempdir().expect("tempdir");
     weir_collector::certs::ensure_dev_tls(other.path(), &[]).expect("other CA");
-    let stranger = weir_collector::certs::issue_device_cert(other.path(), "dev-1", 1, None).expect("stranger");
+    let stranger =
+        weir_collector::certs::issue_device_cert(other.path(), "dev-1", 1, None).expect("stranger");
     let forged = tls(&ca, Some((&stranger.cert, &stranger.key)));
-    let r = publish(&Conn::new(secure, Version::V5, "dev-1").with_tls(forged), one(), TIMEOUT).await;
+    let r =
+        publish(&Conn::new(secure, Version::V5, "dev-1").with_tls(forged), one(), TIMEOUT).await;
     assert!(r.connack.is_none() && r.error.is_some(), "{r:?}");
     assert!(c.log().contains("TLS handshake failed"), "{}", c.log());
 }
@@ -109,7 +131,10 @@ async fn acls_limit_each_identity_to_its_topics_and_keys() {
         encode_batch_to_vec(&OwnedBatch {
             producer_id: "dev-1".into(),
             batch_seq: seq,
-            records: keys.iter().map(|k| OwnedRecord::new(*k, format!("batch {seq}").into_bytes())).collect(),
+            records: keys
+                .iter()
+                .map(|k| OwnedRecord::new(*k, format!("batch {seq}").into_bytes()))
+                .collect(),
         })
         .expect("encode")
     };
@@ -167,7 +192,10 @@ async fn acls_limit_each_identity_to_its_topics_and_keys() {
         use rumqttc::v5::{AsyncClient, Event, MqttOptions};
         use rumqttc::{TlsConfiguration, Transport};
         let mut opts = MqttOptions::new("dev-1", "127.0.0.1", secure.port());
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls(&ca, Some((&cert, &key))))));
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls(
+            &ca,
+            Some((&cert, &key)),
+        ))));
         let (_client, mut el) = AsyncClient::new(opts, 4);
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -186,8 +214,16 @@ async fn acls_limit_each_identity_to_its_topics_and_keys() {
                 }
             }
         });
-        tokio::time::timeout(TIMEOUT, connected_rx).await.expect("device connects").expect("connected");
-        let r = publish(&Conn::new(plain, Version::V5, "dev-1"), vec![Msg::new("weir/public/k", 1, "x")], TIMEOUT).await;
+        tokio::time::timeout(TIMEOUT, connected_rx)
+            .await
+            .expect("device connects")
+            .expect("connected");
+        let r = publish(
+            &Conn::new(plain, Version::V5, "dev-1"),
+            vec![Msg::new("weir/public/k", 1, "x")],
+            TIMEOUT,
+        )
+        .await;
         assert_eq!(r.connack, Some(0x87), "anonymous client took dev-1's client id: {r:?}");
         let _ = hold_tx.send(());
         let _ = task.await;
@@ -196,7 +232,9 @@ async fn acls_limit_each_identity_to_its_topics_and_keys() {
     let telemetry = stop_and_read(&mut c, "telemetry").await.expect("telemetry");
     let mut got: Vec<(String, String)> = telemetry
         .iter()
-        .map(|r| (r.record.partition_key.clone(), String::from_utf8_lossy(&r.record.data).into_owned()))
+        .map(|r| {
+            (r.record.partition_key.clone(), String::from_utf8_lossy(&r.record.data).into_owned())
+        })
         .collect();
     got.sort();
     let mut want: Vec<(String, String)> = [

@@ -35,7 +35,12 @@ fn v4_connect(client_id: &str) -> Vec<u8> {
 fn v5_connect(client_id: &str) -> Vec<u8> {
     use rumqttc::v5::mqttbytes::v5::Connect;
     let mut b = BytesMut::new();
-    let c = Connect { keep_alive: 60, client_id: client_id.into(), clean_start: true, properties: None };
+    let c = Connect {
+        keep_alive: 60,
+        client_id: client_id.into(),
+        clean_start: true,
+        properties: None,
+    };
     P5::Connect(c, None, None).write(&mut b, None).expect("encode");
     b.to_vec()
 }
@@ -67,10 +72,12 @@ async fn expect_v5_disconnect(plain: std::net::SocketAddr, what: &str, bytes: &[
 async fn malformed_input_closes_only_the_offending_connection() {
     let mut c = start(&[]);
     let plain = addr(&c, "mqtt");
-    let healthy_msgs: Vec<Msg> =
-        (0..3000).map(|i| Msg::new(format!("weir/healthy/k{}", i % 10), 1, format!("{i}"))).collect();
+    let healthy_msgs: Vec<Msg> = (0..3000)
+        .map(|i| Msg::new(format!("weir/healthy/k{}", i % 10), 1, format!("{i}")))
+        .collect();
     let healthy_conn = Conn::new(plain, Version::V5, "healthy");
-    let healthy = tokio::spawn(async move { publish(&healthy_conn, healthy_msgs, PUBLISH_TIMEOUT).await });
+    let healthy =
+        tokio::spawn(async move { publish(&healthy_conn, healthy_msgs, PUBLISH_TIMEOUT).await });
 
     // Protocol levels this server does not speak: CONNACK 0x01, then close.
     for (name, level) in [(&b"MQIsdp"[..], 3), (b"MQTT", 6), (b"MQTT", 0)] {
@@ -78,7 +85,11 @@ async fn malformed_input_closes_only_the_offending_connection() {
         raw.send_bytes(&connect_with_level(name, level)).await;
         match raw.recv4().await {
             Some(rumqttc::Packet::ConnAck(a)) => {
-                assert_eq!(a.code, rumqttc::ConnectReturnCode::RefusedProtocolVersion, "level {level}")
+                assert_eq!(
+                    a.code,
+                    rumqttc::ConnectReturnCode::RefusedProtocolVersion,
+                    "level {level}"
+                )
             }
             other => panic!("level {level}: expected CONNACK, got {other:?}"),
         }
@@ -103,10 +114,20 @@ async fn malformed_input_closes_only_the_offending_connection() {
     expect_v5_disconnect(plain, "QoS 3", &[0x36, 0x03, 0x00, 0x01, b'a'], 0x81).await;
     expect_v5_disconnect(plain, "packet type 0", &[0x00, 0x00], 0x81).await;
     expect_v5_disconnect(plain, "5-byte length", &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], 0x81).await;
-    expect_v5_disconnect(plain, "topic past the frame", &[0x30, 0x04, 0x00, 0x09, b'a', b'b'], 0x81)
-        .await;
-    expect_v5_disconnect(plain, "topic not UTF-8", &[0x30, 0x06, 0x00, 0x02, 0xC3, 0x28, 0x00, b'x'], 0x81)
-        .await;
+    expect_v5_disconnect(
+        plain,
+        "topic past the frame",
+        &[0x30, 0x04, 0x00, 0x09, b'a', b'b'],
+        0x81,
+    )
+    .await;
+    expect_v5_disconnect(
+        plain,
+        "topic not UTF-8",
+        &[0x30, 0x06, 0x00, 0x02, 0xC3, 0x28, 0x00, b'x'],
+        0x81,
+    )
+    .await;
     expect_v5_disconnect(plain, "second CONNECT", &v5_connect("again"), 0x82).await;
     expect_v5_disconnect(plain, "PUBACK from a client", &[0x40, 0x02, 0x00, 0x01], 0x82).await;
     // A frame cut short, then the client half-closes: the partial publish
@@ -135,7 +156,9 @@ async fn malformed_input_closes_only_the_offending_connection() {
         } else {
             let mut frames = BytesMut::new();
             for j in 0..5u16 {
-                publish4("weir/fuzz/k", (j % 3) as u8, j + 1, b"payload").write(&mut frames, 1 << 20).expect("encode");
+                publish4("weir/fuzz/k", (j % 3) as u8, j + 1, b"payload")
+                    .write(&mut frames, 1 << 20)
+                    .expect("encode");
             }
             let mut frames = frames.to_vec();
             for _ in 0..rng.gen_range(1..6) {
@@ -156,7 +179,10 @@ async fn malformed_input_closes_only_the_offending_connection() {
     }
     while tasks.join_next().await.is_some() {}
 
-    let report = tokio::time::timeout(PUBLISH_TIMEOUT, healthy).await.expect("healthy client").expect("join");
+    let report = tokio::time::timeout(PUBLISH_TIMEOUT, healthy)
+        .await
+        .expect("healthy client")
+        .expect("join");
     report.assert_all_ok();
     assert!(c.child.try_wait().expect("try_wait").is_none(), "the collector died\n{}", c.report());
     let rss = rss_kib(c.child.id());
@@ -187,14 +213,19 @@ async fn a_thousand_concurrent_connections_leave_other_clients_unaffected() {
     }
     assert_eq!(conns.len(), CONCURRENT_CONNECTIONS);
     // Another client works normally while all of them are connected.
-    let msgs: Vec<Msg> = (0..2000).map(|i| Msg::new(format!("weir/many/other-{}", i % 7), 1, format!("{i}"))).collect();
-    let other = tokio::spawn(async move { publish(&Conn::new(plain, Version::V5, "other"), msgs, PUBLISH_TIMEOUT).await });
+    let msgs: Vec<Msg> = (0..2000)
+        .map(|i| Msg::new(format!("weir/many/other-{}", i % 7), 1, format!("{i}")))
+        .collect();
+    let other = tokio::spawn(async move {
+        publish(&Conn::new(plain, Version::V5, "other"), msgs, PUBLISH_TIMEOUT).await
+    });
     // Every held connection publishes once and gets its acknowledgement.
     let mut tasks = JoinSet::new();
     for (i, mut raw) in conns.into_iter().enumerate() {
         tasks.spawn(async move {
             raw.send4(publish4(&format!("weir/many/conn-{i}"), 1, 1, b"hello")).await;
-            let acked = matches!(raw.recv4().await, Some(rumqttc::Packet::PubAck(a)) if a.pkid == 1);
+            let acked =
+                matches!(raw.recv4().await, Some(rumqttc::Packet::PubAck(a)) if a.pkid == 1);
             (acked, raw)
         });
     }
@@ -244,12 +275,19 @@ async fn a_slow_disk_makes_the_collector_stop_reading_not_grow() {
     let payload = vec![0xABu8; 256 * 1024];
     let mut clients = JoinSet::new();
     for i in 0..8 {
-        let msgs: Vec<Msg> = (0..64).map(|j| Msg::new(format!("weir/heavy/c{i}"), 1, {
-            let mut p = payload.clone();
-            p[0] = j as u8;
-            p
-        })).collect();
-        clients.spawn(async move { publish(&Conn::new(plain, Version::V4, &format!("heavy-{i}")), msgs, PUBLISH_TIMEOUT).await });
+        let msgs: Vec<Msg> = (0..64)
+            .map(|j| {
+                Msg::new(format!("weir/heavy/c{i}"), 1, {
+                    let mut p = payload.clone();
+                    p[0] = j as u8;
+                    p
+                })
+            })
+            .collect();
+        clients.spawn(async move {
+            publish(&Conn::new(plain, Version::V4, &format!("heavy-{i}")), msgs, PUBLISH_TIMEOUT)
+                .await
+        });
     }
     while let Some(r) = clients.join_next().await {
         r.expect("join").assert_all_ok();

@@ -68,7 +68,9 @@ async fn mosquitto_pub_over_plain_tls_and_mutual_tls() {
     let hash = weir_collector::ingest::hash_password("pub-pw").expect("hash");
     let config = config_file(
         tmp.path(),
-        &format!("[mqtt]\nauto_create_shards = 2\n[[mqtt.users]]\nname = \"pub\"\npassword_hash = \"{hash}\"\n"),
+        &format!(
+            "[mqtt]\nauto_create_shards = 2\n[[mqtt.users]]\nname = \"pub\"\npassword_hash = \"{hash}\"\n"
+        ),
     );
     let mut c = start(&["--config", path(&config)]);
     let (plain, secure) = (addr(&c, "mqtt"), addr(&c, "mqtts"));
@@ -96,7 +98,16 @@ async fn mosquitto_pub_over_plain_tls_and_mutual_tls() {
         let key = format!("mtls-{version}");
         let mut cmd = Command::new("mosquitto_pub");
         cmd.args(["-h", "localhost", "-p", &secure.port().to_string(), "-V", version, "-q", "2"]);
-        cmd.args(["--cafile", path(&ca), "--cert", path(&cert), "--key", path(&dev_key), "-i", "sensor-1"]);
+        cmd.args([
+            "--cafile",
+            path(&ca),
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&dev_key),
+            "-i",
+            "sensor-1",
+        ]);
         cmd.args(["-t", &format!("weir/mosq/{key}"), "-m", &format!("{key}:0")]);
         run(cmd, &format!("mosquitto_pub mutual TLS {version}"), None);
         expected.push((key.clone(), format!("{key}:0")));
@@ -122,7 +133,8 @@ fn check(records: &[Read], expected: &[(String, String)], shards: u64) {
     }
     assert_eq!(records.len(), expected.len());
     for (key, datas) in order {
-        let want: Vec<&String> = expected.iter().filter(|(k, _)| *k == key).map(|(_, d)| d).collect();
+        let want: Vec<&String> =
+            expected.iter().filter(|(k, _)| *k == key).map(|(_, d)| d).collect();
         let datas: Vec<&String> = datas.iter().collect();
         assert_eq!(datas, want, "order of {key}");
     }
@@ -137,7 +149,9 @@ async fn paho_python_client_over_plain_and_tls() {
     let hash = weir_collector::ingest::hash_password("paho-pw").expect("hash");
     let config = config_file(
         tmp.path(),
-        &format!("[mqtt]\nauto_create_shards = 2\n[[mqtt.users]]\nname = \"paho\"\npassword_hash = \"{hash}\"\n"),
+        &format!(
+            "[mqtt]\nauto_create_shards = 2\n[[mqtt.users]]\nname = \"paho\"\npassword_hash = \"{hash}\"\n"
+        ),
     );
     let mut c = start(&["--config", path(&config)]);
     let (plain, secure) = (addr(&c, "mqtt"), addr(&c, "mqtts"));
@@ -145,15 +159,26 @@ async fn paho_python_client_over_plain_and_tls() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/paho_publish.py");
     const COUNT: usize = 30;
     let mut expected: Vec<(String, String)> = Vec::new();
-    let cases: [(&str, &str, &str, bool); 4] =
-        [("paho-311", "311", "1", false), ("paho-5", "5", "2", false), ("paho-tls-311", "311", "1", true), ("paho-tls-5", "5", "1", true)];
+    let cases: [(&str, &str, &str, bool); 4] = [
+        ("paho-311", "311", "1", false),
+        ("paho-5", "5", "2", false),
+        ("paho-tls-311", "311", "1", true),
+        ("paho-tls-5", "5", "1", true),
+    ];
     for (client_id, protocol, qos, secure_listener) in cases {
         let mut cmd = Command::new("python3");
         cmd.arg(&script);
         cmd.args(["--client-id", client_id, "--protocol", protocol, "--qos", qos]);
         cmd.args(["--count", &COUNT.to_string(), "--prefix", &format!("weir/paho/{client_id}")]);
         if secure_listener {
-            cmd.args(["--host", "localhost", "--port", &secure.port().to_string(), "--ca", path(&ca)]);
+            cmd.args([
+                "--host",
+                "localhost",
+                "--port",
+                &secure.port().to_string(),
+                "--ca",
+                path(&ca),
+            ]);
             cmd.args(["--username", "paho", "--password", "paho-pw"]);
         } else {
             cmd.args(["--port", &plain.port().to_string()]);
@@ -161,7 +186,9 @@ async fn paho_python_client_over_plain_and_tls() {
         let out = run(cmd, &format!("paho {client_id}"), None);
         let summary = String::from_utf8_lossy(&out.stdout);
         assert!(summary.contains(&format!("\"acked\": {COUNT}")), "{summary}");
-        expected.extend((0..COUNT).map(|i| (format!("{client_id}/key-{}", i % 3), format!("{client_id}:{i}"))));
+        expected.extend(
+            (0..COUNT).map(|i| (format!("{client_id}/key-{}", i % 3), format!("{client_id}:{i}"))),
+        );
     }
     let records = stop_and_read(&mut c, "paho").await.expect("paho stream");
     check(&records, &expected, 2);

@@ -66,7 +66,11 @@ async fn acknowledged_qos1_publishes_survive_sigkill_in_order_per_key() {
         .await;
         assert!(report.error.is_some(), "round {round}: the connection should die: {report:?}");
         let acks = report.acked().len();
-        assert!(acks >= kill_after, "round {round}: {acks} acks, kill after {kill_after}\n{}", c.report());
+        assert!(
+            acks >= kill_after,
+            "round {round}: {acks} acks, kill after {kill_after}\n{}",
+            c.report()
+        );
         for (m, ack) in batch.into_iter().zip(&report.acks) {
             match ack {
                 Ack::Ok => {
@@ -102,7 +106,10 @@ async fn acknowledged_qos1_publishes_survive_sigkill_in_order_per_key() {
                 assert!(prev < seq, "key {key}: {seq} first stored after {prev}");
             }
         } else {
-            assert!(in_flight_ever.contains(&id), "{id:?} stored {n} times but was never in flight at a crash");
+            assert!(
+                in_flight_ever.contains(&id),
+                "{id:?} stored {n} times but was never in flight at a crash"
+            );
         }
     }
     let dupes = seen.values().filter(|n| **n > 1).count();
@@ -113,7 +120,11 @@ async fn acknowledged_qos1_publishes_survive_sigkill_in_order_per_key() {
         records.len()
     );
     let missing: Vec<_> = acked.iter().filter(|id| !seen.contains_key(*id)).take(10).collect();
-    assert!(missing.is_empty(), "acknowledged but lost: {missing:?} ({} acknowledged)", acked.len());
+    assert!(
+        missing.is_empty(),
+        "acknowledged but lost: {missing:?} ({} acknowledged)",
+        acked.len()
+    );
     assert!(acked.len() >= ROUNDS * 300);
 }
 
@@ -125,7 +136,8 @@ async fn publish_batches(
     kill_after: Option<usize>,
 ) -> Report {
     let conn = Conn::new(addr(c, "mqtt"), Version::V5, "batch-producer");
-    let msgs: Vec<Msg> = seqs.iter().map(|s| Msg::new("weir/batches/$batch", 1, batch(*s))).collect();
+    let msgs: Vec<Msg> =
+        seqs.iter().map(|s| Msg::new("weir/batches/$batch", 1, batch(*s))).collect();
     publish_until(&conn, msgs, ROUND_TIMEOUT, |n| {
         if Some(n) == kill_after {
             c.signal("KILL");
@@ -178,8 +190,12 @@ async fn batches_appear_exactly_once_across_resends_reconnects_and_restarts() {
         }
         // Unsent new batches are offered again next round (in order, after
         // the re-sends, so sequence numbers only ever grow per producer).
-        let unsent: Vec<u64> =
-            seqs.iter().zip(&report.acks).filter(|(_, a)| **a == Ack::Unsent).map(|(s, _)| *s).collect();
+        let unsent: Vec<u64> = seqs
+            .iter()
+            .zip(&report.acks)
+            .filter(|(_, a)| **a == Ack::Unsent)
+            .map(|(s, _)| *s)
+            .collect();
         resend.extend(unsent);
         drop(c);
     }

@@ -124,7 +124,8 @@ payload = "batch"
         batch_seq: 1,
         records: (0..100)
             .map(|i| {
-                let mut r = OwnedRecord::new(format!("host-{}", i % 5), format!("line {i}").into_bytes());
+                let mut r =
+                    OwnedRecord::new(format!("host-{}", i % 5), format!("line {i}").into_bytes());
                 if i == 7 {
                     r.explicit_hash_key = Some(42);
                     r.producer_timestamp_ms = Some(1_700_000_000_000);
@@ -161,9 +162,15 @@ payload = "batch"
     assert_eq!(tasmota[0].record.partition_key, "plug-3");
     assert_eq!(&tasmota[0].record.data[..], br#"{"Power":12}"#);
     let site = read("site-a").await.expect("site-a");
-    assert_eq!((site[0].record.partition_key.as_str(), &site[0].record.data[..]), ("gw-7", &b"uplink"[..]));
+    assert_eq!(
+        (site[0].record.partition_key.as_str(), &site[0].record.data[..]),
+        ("gw-7", &b"uplink"[..])
+    );
     let fw = read("firmware").await.expect("firmware");
-    assert_eq!((fw[0].record.partition_key.as_str(), &fw[0].record.data[..]), ("sensor-a", &b"21.5C"[..]));
+    assert_eq!(
+        (fw[0].record.partition_key.as_str(), &fw[0].record.data[..]),
+        ("sensor-a", &b"21.5C"[..])
+    );
     let agents = read("agents").await.expect("agents");
     assert_eq!(agents.len(), 101, "the re-sent batch is not appended twice");
     let mut by_data: HashMap<Vec<u8>, &Read> = HashMap::new();
@@ -280,7 +287,8 @@ async fn qos2_duplicates_are_appended_once_also_across_a_persistent_session() {
         Some(rumqttc::Packet::ConnAck(a)) => assert!(a.session_present, "{a:?}"),
         other => panic!("expected CONNACK, got {other:?}"),
     }
-    let mut resent = rumqttc::Publish::new("weir/q2/p", rumqttc::QoS::ExactlyOnce, b"persisted".to_vec());
+    let mut resent =
+        rumqttc::Publish::new("weir/q2/p", rumqttc::QoS::ExactlyOnce, b"persisted".to_vec());
     resent.pkid = 9;
     resent.dup = true;
     raw.send4(rumqttc::Packet::Publish(resent)).await;
@@ -337,14 +345,21 @@ async fn a_second_connection_takes_the_session_over() {
     opts.set_keep_alive(Duration::from_secs(30));
     let (first, mut first_loop) = AsyncClient::new(opts, 10);
     first
-        .try_publish("weir/takeover/a", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "from the first")
+        .try_publish(
+            "weir/takeover/a",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "from the first",
+        )
         .expect("queue");
     let watcher = tokio::spawn(async move {
         let mut acked = false;
         loop {
             match tokio::time::timeout(Duration::from_secs(30), first_loop.poll()).await {
                 Ok(Ok(Event::Incoming(P5::PubAck(_)))) => acked = true,
-                Ok(Ok(Event::Incoming(P5::Disconnect(d)))) => return (acked, Some(d.reason_code as u8)),
+                Ok(Ok(Event::Incoming(P5::Disconnect(d)))) => {
+                    return (acked, Some(d.reason_code as u8));
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(rumqttc::v5::ConnectionError::MqttState(
                     rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },

@@ -28,7 +28,7 @@ use crate::checkpoint::FileKey;
 use crate::config::FileInput;
 use crate::event::{Chunk, ChunkFile, Event};
 use crate::multiline::Grouper;
-use crate::status::{Shared, lock, now_ms};
+use crate::stats::{Shared, lock, now_ms};
 use crate::tail::{Checkpoint, Line, TailError, Tailer};
 use crate::template::{KeyContext, KeyTemplate};
 
@@ -91,6 +91,9 @@ pub fn spawn(
     tx: SyncSender<Event>,
     shared: Arc<Shared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Resumed checkpoints whose file is not found are forgotten after the
+    // first poll, so the table does not keep them forever.
+    let known = task.checkpoints.iter().map(crate::checkpoint::key_of).collect();
     let tailer = Tailer::new(task.config.tail.clone(), task.checkpoints)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let worker = Worker {
@@ -103,7 +106,7 @@ pub fn spawn(
         grouper: task.config.multiline.map(Grouper::new),
         tx,
         shared,
-        known: HashSet::new(),
+        known,
         keys: HashMap::new(),
         paths: HashMap::new(),
         logged: HashMap::new(),
@@ -281,11 +284,11 @@ impl Worker {
         let t = self.tailer.stats();
         stats.rotations.store(t.rotations, Ordering::Relaxed);
         stats.truncations.store(t.truncations, Ordering::Relaxed);
-        let files: Vec<(String, u64)> = self
+        let files: Vec<(FileKey, String, u64)> = self
             .tailer
-            .files()
+            .followed()
             .into_iter()
-            .map(|(p, o)| (p.to_string_lossy().into_owned(), o))
+            .map(|(id, p, o)| ((id.dev, id.ino), p.to_string_lossy().into_owned(), o))
             .collect();
         *lock(&stats.files) = files;
     }

@@ -34,7 +34,7 @@ use sysinfo::{Disks, Networks, System};
 
 use crate::config::MetricsInput;
 use crate::event::{Chunk, Event};
-use crate::status::{Shared, now_ms};
+use crate::stats::{Shared, now_ms};
 use crate::template::{KeyContext, KeyTemplate};
 
 /// Where Linux exposes thermal zones.

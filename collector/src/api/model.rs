@@ -385,13 +385,24 @@ pub struct PutRecordOutput {
     pub encryption_type: &'static str,
 }
 
+/// A sequence number written straight into the answer (no `String` per
+/// record on the PutRecords path).
+#[derive(Debug, Clone, Copy)]
+pub struct Seq(pub crate::store::SequenceNumber);
+
+impl Serialize for Seq {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 /// One entry of PutRecords' answer: a sequence number or an error.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 #[allow(missing_docs)]
 pub struct PutRecordsResultEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sequence_number: Option<String>,
+    pub sequence_number: Option<Seq>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

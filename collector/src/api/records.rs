@@ -10,7 +10,7 @@ use super::metrics;
 use super::model::{
     ChildShard, GetRecordsInput, GetRecordsOutput, GetShardIteratorInput, GetShardIteratorOutput,
     HashKeyRange, PutRecordInput, PutRecordOutput, PutRecordsInput, PutRecordsOutput,
-    PutRecordsRequestEntry, PutRecordsResultEntry, RecordOut,
+    PutRecordsRequestEntry, PutRecordsResultEntry, RecordOut, Seq,
 };
 use super::service::{
     Api, check_len, check_name, check_range, check_sequence_shape, parse_hash_key, present,
@@ -29,32 +29,40 @@ pub const MAX_GET_RECORDS: i64 = 10_000;
 /// Most data bytes one GetRecords call returns.
 pub const MAX_GET_RECORDS_BYTES: usize = 10 * 1024 * 1024;
 
-/// Checks one record's members, recording violations under `prefix`.
+/// Checks one record's members, recording violations under
+/// `records.<n>.member.` for PutRecords entry `entry` (1-based), else at the
+/// top level. Member names are only built for a violation: this runs for
+/// every record of every PutRecords.
 fn check_record(
     v: &mut Violations,
-    prefix: &str,
+    entry: Option<usize>,
     data: Option<&Blob>,
     key: Option<&str>,
     explicit: Option<&str>,
 ) -> Result<Option<u128>, ApiError> {
+    let member = |name: &str| match entry {
+        Some(n) => format!("records.{n}.member.{name}"),
+        None => name.to_owned(),
+    };
     match data {
-        None => v.missing(&format!("{prefix}data")),
+        None => v.missing(&member("data")),
         Some(d) if d.0.len() > MAX_DATA_BYTES => v.add(
-            &format!("{prefix}data"),
+            &member("data"),
             &format!("<{} bytes>", d.0.len()),
             &format!("Member must have length less than or equal to {MAX_DATA_BYTES}"),
         ),
         Some(_) => {}
     }
     match key {
-        None => v.missing(&format!("{prefix}partitionKey")),
+        None => v.missing(&member("partitionKey")),
+        Some(k) if (1..=MAX_PARTITION_KEY_CHARS).contains(&k.len()) && k.is_ascii() => {}
         Some(k) => {
-            check_len(v, &format!("{prefix}partitionKey"), k, 1, MAX_PARTITION_KEY_CHARS);
+            check_len(v, &member("partitionKey"), k, 1, MAX_PARTITION_KEY_CHARS);
         }
     }
     match explicit {
         None => Ok(None),
-        Some(h) => parse_hash_key(v, &format!("{prefix}explicitHashKey"), h, "ExplicitHashKey"),
+        Some(h) => parse_hash_key(v, &member("explicitHashKey"), h, "ExplicitHashKey"),
     }
 }
 
@@ -66,7 +74,7 @@ pub(super) async fn put_one<S: StreamStore>(
     let name = api.stream_name(&mut v, i.stream_name.as_deref(), i.stream_arn.as_deref())?;
     let explicit = check_record(
         &mut v,
-        "",
+        None,
         i.data.as_ref(),
         i.partition_key.as_deref(),
         i.explicit_hash_key.as_deref(),
@@ -132,10 +140,9 @@ pub(super) async fn put_many<S: StreamStore>(
     };
     let mut explicit = Vec::with_capacity(entries.len());
     for (n, e) in entries.iter().enumerate() {
-        let prefix = format!("records.{}.member.", n + 1);
         explicit.push(check_record(
             &mut v,
-            &prefix,
+            Some(n + 1),
             e.data.as_ref(),
             e.partition_key.as_deref(),
             e.explicit_hash_key.as_deref(),
@@ -186,11 +193,14 @@ fn put_records_output(
         .zip(sizes)
         .map(|(r, size)| match r {
             Ok(a) => {
-                let c = per_shard.entry(a.shard_id.clone()).or_default();
+                let c = match per_shard.get_mut(&a.shard_id) {
+                    Some(c) => c,
+                    None => per_shard.entry(a.shard_id.clone()).or_default(),
+                };
                 c.0 += 1;
                 c.1 += size;
                 PutRecordsResultEntry {
-                    sequence_number: Some(a.sequence.to_string()),
+                    sequence_number: Some(Seq(a.sequence)),
                     shard_id: Some(a.shard_id),
                     error_code: None,
                     error_message: None,

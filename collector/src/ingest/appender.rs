@@ -132,8 +132,20 @@ struct StreamOps {
 #[derive(Debug)]
 enum Slot {
     Decided(Outcome),
-    Record { outcome: Outcome, stream: usize, op: usize, index: usize, qos2: Option<u16> },
-    Batch { outcome: Outcome, stream: usize, op: usize, qos2: Option<u16>, key: (String, String, u64) },
+    Record {
+        outcome: Outcome,
+        stream: usize,
+        op: usize,
+        index: usize,
+        qos2: Option<u16>,
+    },
+    Batch {
+        outcome: Outcome,
+        stream: usize,
+        op: usize,
+        qos2: Option<u16>,
+        key: (String, String, u64),
+    },
 }
 
 /// Why one record was not appended.
@@ -194,7 +206,11 @@ impl Plan {
         acl: &Acl,
         state: &mut ConnState,
     ) -> Self {
-        let mut plan = Self { streams: Vec::new(), slots: Vec::with_capacity(items.len()), _permits: Vec::new() };
+        let mut plan = Self {
+            streams: Vec::new(),
+            slots: Vec::with_capacity(items.len()),
+            _permits: Vec::new(),
+        };
         for item in items {
             let slot = match item {
                 Work::PubRel(pkid) => Slot::Decided(Outcome {
@@ -241,7 +257,11 @@ impl Plan {
             Slot::Decided(Outcome::of(p, reason, Some(message)))
         };
         if !valid_topic_name(&p.topic) {
-            return refuse(&p, Reason::TopicNameInvalid, format!("invalid topic name {:?}", p.topic));
+            return refuse(
+                &p,
+                Reason::TopicNameInvalid,
+                format!("invalid topic name {:?}", p.topic),
+            );
         }
         if p.qos == 2 && state.qos2_received.contains(&p.pkid) {
             // Re-sent before PUBREL: already appended, acknowledge again.
@@ -252,7 +272,11 @@ impl Plan {
             Err(e) => return refuse(&p, Reason::TopicNameInvalid, e.to_string()),
         };
         if !acl.allows(client.client_id, client.identity, &p.topic) {
-            return refuse(&p, Reason::NotAuthorized, format!("not authorized to publish to {:?}", p.topic));
+            return refuse(
+                &p,
+                Reason::NotAuthorized,
+                format!("not authorized to publish to {:?}", p.topic),
+            );
         }
         let qos2 = (p.qos == 2).then_some(p.pkid);
         let outcome = Outcome::of(&p, Reason::Success, None);
@@ -278,7 +302,11 @@ impl Plan {
                 let envelope = match Envelope::decode(&p.payload) {
                     Ok(e) => e,
                     Err(e) => {
-                        return refuse(&p, Reason::PayloadFormatInvalid, format!("weir-wire envelope: {e}"));
+                        return refuse(
+                            &p,
+                            Reason::PayloadFormatInvalid,
+                            format!("weir-wire envelope: {e}"),
+                        );
                     }
                 };
                 // Records of a batch are checked as if published one by one
@@ -290,7 +318,11 @@ impl Plan {
                 match envelope {
                     Envelope::Record(r) => {
                         if !allowed(r.partition_key) {
-                            return refuse(&p, Reason::NotAuthorized, format!("not authorized for partition key {:?}", r.partition_key));
+                            return refuse(
+                                &p,
+                                Reason::NotAuthorized,
+                                format!("not authorized for partition key {:?}", r.partition_key),
+                            );
                         }
                         let record = NewRecord {
                             partition_key: r.partition_key.to_owned(),
@@ -312,7 +344,9 @@ impl Plan {
                             return refuse(
                                 &p,
                                 Reason::ImplementationSpecificError,
-                                format!("batch {failed} of producer {producer:?} was refused; send it again before batch {seq}"),
+                                format!(
+                                    "batch {failed} of producer {producer:?} was refused; send it again before batch {seq}"
+                                ),
                             );
                         }
                         let mut records = Vec::with_capacity(batch.len());
@@ -320,7 +354,14 @@ impl Plan {
                             // `decode` checked every record: no error here.
                             let Ok(r) = r else { continue };
                             if !allowed(r.partition_key) {
-                                return refuse(&p, Reason::NotAuthorized, format!("not authorized for partition key {:?}", r.partition_key));
+                                return refuse(
+                                    &p,
+                                    Reason::NotAuthorized,
+                                    format!(
+                                        "not authorized for partition key {:?}",
+                                        r.partition_key
+                                    ),
+                                );
                             }
                             records.push(NewRecord {
                                 partition_key: r.partition_key.to_owned(),
@@ -332,7 +373,10 @@ impl Plan {
                         let stream_ix = self.stream_index(&target.stream);
                         let s = &mut self.streams[stream_ix];
                         s.ops.push(Op::Batch {
-                            producer: ProducerBatch { producer_id: producer.clone(), batch_seq: seq },
+                            producer: ProducerBatch {
+                                producer_id: producer.clone(),
+                                batch_seq: seq,
+                            },
                             records,
                         });
                         s.run_bytes = usize::MAX;
@@ -357,7 +401,11 @@ impl Plan {
         match self.streams.iter().position(|s| s.stream == stream) {
             Some(i) => i,
             None => {
-                self.streams.push(StreamOps { stream: stream.to_owned(), ops: Vec::new(), run_bytes: usize::MAX });
+                self.streams.push(StreamOps {
+                    stream: stream.to_owned(),
+                    ops: Vec::new(),
+                    run_bytes: usize::MAX,
+                });
                 self.streams.len() - 1
             }
         }
@@ -399,12 +447,17 @@ impl Plan {
         let Plan { streams, slots, _permits } = self;
         let runs = streams.into_iter().map(|s| run_stream(&store, &known, auto_create_shards, s));
         let results = join_all(runs).await;
-        let mut done = Done { outcomes: Vec::with_capacity(slots.len()), qos2_failed: Vec::new(), batches: Vec::new() };
+        let mut done = Done {
+            outcomes: Vec::with_capacity(slots.len()),
+            qos2_failed: Vec::new(),
+            batches: Vec::new(),
+        };
         for slot in slots {
             let outcome = match slot {
                 Slot::Decided(o) => o,
                 Slot::Record { mut outcome, stream, op, index, qos2 } => {
-                    let result = results.get(stream).and_then(|r| r.get(op)).and_then(|r| r.get(index));
+                    let result =
+                        results.get(stream).and_then(|r| r.get(op)).and_then(|r| r.get(index));
                     if let Some(Err(e)) = result {
                         (outcome.reason, outcome.message) = reason_for(e);
                         done.qos2_failed.extend(qos2);
@@ -506,7 +559,11 @@ async fn ensure_stream<S: StreamStore>(
             };
             let options = CreateStreamOptions { shard_count, ..CreateStreamOptions::default() };
             match store.create_stream(stream, options).await {
-                Ok(_) => tracing::info!(stream, shards = shard_count, "stream auto-created by an MQTT publish"),
+                Ok(_) => tracing::info!(
+                    stream,
+                    shards = shard_count,
+                    "stream auto-created by an MQTT publish"
+                ),
                 Err(StoreError::StreamExists(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -525,7 +582,9 @@ fn reason_for(e: &RecordError) -> (Reason, Option<String>) {
         RecordError::EarlierBatchFailed(seq) => {
             return (
                 Reason::ImplementationSpecificError,
-                Some(format!("batch {seq} of this producer failed in the same window; send it again first")),
+                Some(format!(
+                    "batch {seq} of this producer failed in the same window; send it again first"
+                )),
             );
         }
         RecordError::Store(e) => e,
@@ -533,12 +592,16 @@ fn reason_for(e: &RecordError) -> (Reason, Option<String>) {
     let reason = match e {
         StoreError::StreamNotFound(_) | StoreError::InvalidArgument(_) => Reason::TopicNameInvalid,
         StoreError::InvalidRecord(_) => Reason::PayloadFormatInvalid,
-        StoreError::ThroughputExceeded { .. } | StoreError::LimitExceeded(_) => Reason::QuotaExceeded,
+        StoreError::ThroughputExceeded { .. } | StoreError::LimitExceeded(_) => {
+            Reason::QuotaExceeded
+        }
         StoreError::StreamNotActive { .. } => Reason::ImplementationSpecificError,
         _ => Reason::UnspecifiedError,
     };
     let message = match e {
-        StoreError::StreamNotFound(s) => format!("stream {s:?} does not exist (auto-creation is off)"),
+        StoreError::StreamNotFound(s) => {
+            format!("stream {s:?} does not exist (auto-creation is off)")
+        }
         other => other.to_string(),
     };
     (reason, Some(message))
@@ -631,7 +694,11 @@ mod tests {
         let p = plan(vec![publish(2, 9, "weir/s/k", b"x")], &acl, &mut state);
         assert!(matches!(p.slots[0], Slot::Record { qos2: Some(9), .. }));
         assert!(state.qos2_received.contains(&9));
-        let p = plan(vec![publish(2, 9, "weir/s/k", b"x"), Work::PubRel(9), Work::PubRel(9)], &acl, &mut state);
+        let p = plan(
+            vec![publish(2, 9, "weir/s/k", b"x"), Work::PubRel(9), Work::PubRel(9)],
+            &acl,
+            &mut state,
+        );
         assert!(p.streams.is_empty(), "the duplicate is not appended");
         let reasons: Vec<Reason> = p
             .slots
@@ -641,7 +708,10 @@ mod tests {
                 _ => Reason::UnspecifiedError,
             })
             .collect();
-        assert_eq!(reasons, vec![Reason::Success, Reason::Success, Reason::PacketIdentifierNotFound]);
+        assert_eq!(
+            reasons,
+            vec![Reason::Success, Reason::Success, Reason::PacketIdentifierNotFound]
+        );
     }
 
     #[test]
@@ -650,7 +720,10 @@ mod tests {
         let done = Done {
             outcomes: Vec::new(),
             qos2_failed: vec![],
-            batches: vec![(("s".into(), "p".into(), 5), false), (("s".into(), "p".into(), 6), false)],
+            batches: vec![
+                (("s".into(), "p".into(), 5), false),
+                (("s".into(), "p".into(), 6), false),
+            ],
         };
         done.apply(&mut state);
         assert_eq!(state.failed_batches.get(&("s".into(), "p".into())), Some(&5));
@@ -662,9 +735,15 @@ mod tests {
         .expect("batch");
         let acl = Acl::new(&[]).expect("acl");
         let p = plan(vec![publish(1, 1, "weir/s/$batch", &batch)], &acl, &mut state);
-        assert!(matches!(&p.slots[0], Slot::Decided(o) if o.reason == Reason::ImplementationSpecificError));
-        Done { outcomes: vec![], qos2_failed: vec![], batches: vec![(("s".into(), "p".into(), 5), true)] }
-            .apply(&mut state);
+        assert!(
+            matches!(&p.slots[0], Slot::Decided(o) if o.reason == Reason::ImplementationSpecificError)
+        );
+        Done {
+            outcomes: vec![],
+            qos2_failed: vec![],
+            batches: vec![(("s".into(), "p".into(), 5), true)],
+        }
+        .apply(&mut state);
         assert!(state.failed_batches.is_empty());
     }
 }

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -127,14 +127,32 @@ impl Authenticator {
                     format!("not a PHC string ({e}); make one with `weir-collector hash-password`"),
                 )
             })?;
-            if !parsed.algorithm.as_str().starts_with("argon2") {
+            if Algorithm::try_from(parsed.algorithm).is_err() {
                 return Err((
                     format!("mqtt.users[{i}].password_hash"),
                     format!("algorithm {} is not argon2id/argon2i/argon2d", parsed.algorithm),
                 ));
             }
+            match Params::try_from(&parsed) {
+                Ok(p) if p.m_cost() <= MAX_HASH_MEMORY_KIB => {}
+                Ok(p) => {
+                    return Err((
+                        format!("mqtt.users[{i}].password_hash"),
+                        format!("m={} KiB is more than {MAX_HASH_MEMORY_KIB} KiB", p.m_cost()),
+                    ));
+                }
+                Err(e) => {
+                    return Err((
+                        format!("mqtt.users[{i}].password_hash"),
+                        format!("parameters: {e}"),
+                    ));
+                }
+            }
             if map.insert(u.name.clone(), Arc::from(u.password_hash.as_str())).is_some() {
-                return Err((format!("mqtt.users[{i}].name"), format!("duplicate user {:?}", u.name)));
+                return Err((
+                    format!("mqtt.users[{i}].name"),
+                    format!("duplicate user {:?}", u.name),
+                ));
             }
         }
         Ok(Self { users: map, checks: OnceLock::new() })
@@ -161,7 +179,10 @@ impl Authenticator {
             Ok(Some(ok)) => ok && known,
             Ok(None) => false,
             Err(_) => {
-                tracing::warn!(user, "password check not done within {PASSWORD_CHECK_TIMEOUT:?}: too many logins at once");
+                tracing::warn!(
+                    user,
+                    "password check not done within {PASSWORD_CHECK_TIMEOUT:?}: too many logins at once"
+                );
                 false
             }
         }
@@ -174,27 +195,65 @@ fn start_checkers() -> mpsc::Sender<Check> {
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..PASSWORD_CHECKS_IN_FLIGHT {
         let rx = rx.clone();
-        let spawned = std::thread::Builder::new().name(format!("weir-password-{i}")).spawn(move || {
-            let dummy = hash_password("weir: no such user").unwrap_or_default();
-            loop {
-                // Hold the lock only to take a job, not while checking it.
-                let job = match rx.lock() {
-                    Ok(mut rx) => rx.blocking_recv(),
-                    Err(_) => None,
-                };
-                let Some(job) = job else { break };
-                let hash = job.hash.as_deref().unwrap_or(&dummy);
-                let ok = PasswordHash::new(hash).is_ok_and(|parsed| {
-                    Argon2::default().verify_password(job.password.as_bytes(), &parsed).is_ok()
-                });
-                let _ = job.reply.send(ok);
-            }
-        });
+        let spawned =
+            std::thread::Builder::new().name(format!("weir-password-{i}")).spawn(move || {
+                // Argon2's working memory, allocated once per thread and reused.
+                let mut memory: Vec<Block> = Vec::new();
+                loop {
+                    // Hold the lock only to take a job, not while checking it.
+                    let job = match rx.lock() {
+                        Ok(mut rx) => rx.blocking_recv(),
+                        Err(_) => None,
+                    };
+                    let Some(job) = job else { break };
+                    let hash = job.hash.as_deref().unwrap_or(DUMMY_HASH);
+                    let ok = verify_with_memory(hash, job.password.as_bytes(), &mut memory);
+                    let _ = job.reply.send(ok);
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a password checker thread");
         }
     }
     tx
+}
+
+/// What an unknown user's password is checked against, so that the check
+/// costs the same as a real one (default Argon2id parameters).
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$CeyNiYjnSYKa4F5Ir/oeYw$DJBpNvR+wJuFd0lXWyrr9QfOnEM4axIcGUzmKeK+G7I";
+
+/// Most Argon2 memory a configured hash may ask for (its `m`, in KiB).
+pub const MAX_HASH_MEMORY_KIB: u32 = 256 * 1024;
+
+/// Checks `password` against a PHC string, in `memory` (grown as needed and
+/// kept by the caller). The comparison is constant-time.
+fn verify_with_memory(phc: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else { return false };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else { return false };
+    if params.m_cost() > MAX_HASH_MEMORY_KIB {
+        return false;
+    }
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let Some(out) = out.get_mut(..expected.len()) else { return false };
+    let argon = Argon2::new(algorithm, version, params);
+    if argon.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks]).is_err() {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    Output::new(out).is_ok_and(|o| o == expected)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,9 +343,21 @@ mod tests {
     }
 
     #[test]
+    fn checks_in_reused_memory_agree_with_argon2() {
+        let mut memory = Vec::new();
+        let hash = hash_password("pw").expect("hash");
+        assert!(verify_with_memory(&hash, b"pw", &mut memory));
+        assert!(!verify_with_memory(&hash, b"pW", &mut memory));
+        assert!(!verify_with_memory(DUMMY_HASH, b"pw", &mut memory));
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert!(!verify_with_memory("garbage", b"pw", &mut memory));
+    }
+
+    #[test]
     fn bad_hashes_name_their_key() {
-        let e = Authenticator::new(&[UserEntry { name: "a".into(), password_hash: "plain".into() }])
-            .expect_err("not PHC");
+        let e =
+            Authenticator::new(&[UserEntry { name: "a".into(), password_hash: "plain".into() }])
+                .expect_err("not PHC");
         assert_eq!(e.0, "mqtt.users[0].password_hash");
     }
 

@@ -142,28 +142,29 @@ pub async fn serve<S, IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut inbuf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let frame =
-        match tokio::time::timeout(CONNECT_TIMEOUT, read_first_frame(&mut io, &mut inbuf)).await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(FirstFrame::Eof)) => {
-                tracing::debug!(%peer, "connection closed before CONNECT");
-                return;
-            }
-            Ok(Err(FirstFrame::Io(e))) => {
-                tracing::debug!(%peer, error = %e, "reading CONNECT failed");
-                return;
-            }
-            Ok(Err(FirstFrame::Protocol(e))) => {
-                tracing::warn!(%peer, error = %e, "refused connection: bad first packet");
-                let _ = io.shutdown().await;
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(%peer, timeout = ?CONNECT_TIMEOUT, "refused connection: no CONNECT in time");
-                let _ = io.shutdown().await;
-                return;
-            }
-        };
+    let frame = match tokio::time::timeout(CONNECT_TIMEOUT, read_first_frame(&mut io, &mut inbuf))
+        .await
+    {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(FirstFrame::Eof)) => {
+            tracing::debug!(%peer, "connection closed before CONNECT");
+            return;
+        }
+        Ok(Err(FirstFrame::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "reading CONNECT failed");
+            return;
+        }
+        Ok(Err(FirstFrame::Protocol(e))) => {
+            tracing::warn!(%peer, error = %e, "refused connection: bad first packet");
+            let _ = io.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, timeout = ?CONNECT_TIMEOUT, "refused connection: no CONNECT in time");
+            let _ = io.shutdown().await;
+            return;
+        }
+    };
     let version = match packet::sniff_connect(&frame) {
         Ok(Sniff::V4) => Version::V4,
         Ok(Sniff::V5) => Version::V5,
@@ -195,11 +196,10 @@ pub async fn serve<S, IO>(
             return;
         }
     };
-    let connected =
-        match accept(&shared, &mut io, peer, listener, cert_identity, &info).await {
-            Some(c) => c,
-            None => return,
-        };
+    let connected = match accept(&shared, &mut io, peer, listener, cert_identity, &info).await {
+        Some(c) => c,
+        None => return,
+    };
     let Accepted { client_id, identity, attached, assigned } = connected;
     let mut out = BytesMut::with_capacity(256);
     packet::write_connack(
@@ -215,8 +215,8 @@ pub async fn serve<S, IO>(
         },
     );
     tracing::debug!(%peer, client_id, identity = identity.as_deref().unwrap_or("-"), ?version, "connected");
-    let keep_alive = (info.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(info.keep_alive) * 1500));
+    let keep_alive =
+        (info.keep_alive > 0).then(|| Duration::from_millis(u64::from(info.keep_alive) * 1500));
     let state = ConnState {
         qos2_received: attached.state.qos2_received.clone(),
         failed_batches: Default::default(),
@@ -305,7 +305,10 @@ where
     let refused = |reason: Reason, message: String| (reason, message);
     let result: Result<(String, Option<String>, bool), (Reason, String)> = async {
         if shared.shutdown.is_cancelled() {
-            return Err(refused(Reason::ServerUnavailable, "the collector is shutting down".into()));
+            return Err(refused(
+                Reason::ServerUnavailable,
+                "the collector is shutting down".into(),
+            ));
         }
         if let Some(method) = &info.auth_method {
             return Err(refused(
@@ -347,7 +350,9 @@ where
                 Reason::NotAuthorized,
                 match listener {
                     Listener::Tls => "a client certificate or a user name and password is required",
-                    Listener::Plain => "a user name and password is required (anonymous access is off)",
+                    Listener::Plain => {
+                        "a user name and password is required (anonymous access is off)"
+                    }
                 }
                 .into(),
             ));
@@ -393,7 +398,12 @@ where
 }
 
 /// Sends a refusing CONNACK and closes.
-async fn refuse<IO: AsyncWrite + Unpin>(io: &mut IO, version: Version, reason: Reason, message: String) {
+async fn refuse<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    version: Version,
+    reason: Reason,
+    message: String,
+) {
     let mut out = BytesMut::new();
     let props = ConnackProps { reason_string: Some(message), ..ConnackProps::default() };
     packet::write_connack(&mut out, version, reason, false, props);
@@ -621,11 +631,13 @@ where
                     }
                     self.session_expiry = expiry;
                 }
-                self.close = Some(Close::Client { will: reason == Reason::DisconnectWithWill as u8 });
+                self.close =
+                    Some(Close::Client { will: reason == Reason::DisconnectWithWill as u8 });
             }
             Inbound::Unexpected(what) => {
-                self.close =
-                    Some(Close::Protocol(ProtocolError::Violation(format!("{what} from a client"))));
+                self.close = Some(Close::Protocol(ProtocolError::Violation(format!(
+                    "{what} from a client"
+                ))));
             }
         }
     }
@@ -639,11 +651,9 @@ where
             Some(alias) if alias == 0 || alias > TOPIC_ALIAS_MAX => Err(ProtocolError::TopicAlias(
                 format!("alias {alias} is outside 1..={TOPIC_ALIAS_MAX}"),
             )),
-            Some(alias) if topic.is_empty() => self
-                .aliases
-                .get(&alias)
-                .cloned()
-                .ok_or_else(|| ProtocolError::Violation(format!("topic alias {alias} was never set"))),
+            Some(alias) if topic.is_empty() => self.aliases.get(&alias).cloned().ok_or_else(|| {
+                ProtocolError::Violation(format!("topic alias {alias} was never set"))
+            }),
             Some(alias) => {
                 self.aliases.insert(alias, topic.to_owned());
                 Ok(topic.to_owned())
@@ -780,7 +790,11 @@ where
         let mut state = ConnState::default();
         let plan = Plan::build(vec![work], client, &settings.mapping, &settings.acl, &mut state);
         let done = plan
-            .execute(self.shared.store.clone(), self.shared.known.clone(), settings.auto_create_shards)
+            .execute(
+                self.shared.store.clone(),
+                self.shared.known.clone(),
+                settings.auto_create_shards,
+            )
             .await;
         match done.outcomes.first() {
             Some(o) if o.reason.is_error() => tracing::warn!(

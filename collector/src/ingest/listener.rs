@@ -92,7 +92,9 @@ impl Ingest {
             None => None,
         };
         let secure = match (settings.tls_listen, tls) {
-            (Some(addr), Some(tls)) => Some((bind("MQTT over TLS", addr).await?, TlsAcceptor::from(tls))),
+            (Some(addr), Some(tls)) => {
+                Some((bind("MQTT over TLS", addr).await?, TlsAcceptor::from(tls)))
+            }
             (Some(_), None) => return Err(IngestError::NoTls),
             (None, _) => None,
         };
@@ -172,7 +174,7 @@ async fn accept_loop<S: StreamStore + Clone>(
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             let n = refused.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(%peer, refused = n + 1, "connection limit reached: closing new connections");
             }
             drop(socket);
@@ -209,6 +211,8 @@ async fn serve_socket<S: StreamStore + Clone>(
             connection::serve(shared, stream, peer, Listener::Tls, identity).await;
         }
         Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::warn!(%peer, "TLS handshake not completed within {TLS_HANDSHAKE_TIMEOUT:?}"),
+        Err(_) => {
+            tracing::warn!(%peer, "TLS handshake not completed within {TLS_HANDSHAKE_TIMEOUT:?}")
+        }
     }
 }

@@ -184,9 +184,7 @@ fn check_flags(byte0: u8) -> Result<(), ProtocolError> {
     if ok {
         Ok(())
     } else {
-        Err(ProtocolError::Malformed(format!(
-            "invalid flags {flags:#06b} for packet type {kind}"
-        )))
+        Err(ProtocolError::Malformed(format!("invalid flags {flags:#06b} for packet type {kind}")))
     }
 }
 
@@ -315,9 +313,7 @@ fn malformed(e: impl std::fmt::Display) -> ProtocolError {
 }
 
 /// Runs a codec call, turning a panic into a malformed-packet error.
-fn guarded<T>(
-    f: impl FnOnce() -> Result<T, ProtocolError>,
-) -> Result<T, ProtocolError> {
+fn guarded<T>(f: impl FnOnce() -> Result<T, ProtocolError>) -> Result<T, ProtocolError> {
     catch_unwind(AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(ProtocolError::Malformed("packet the codec cannot read".into())))
 }
@@ -385,9 +381,7 @@ pub fn decode_connect(version: Version, mut frame: BytesMut) -> Result<ConnectIn
                             payload: w.message,
                             topic_alias: None,
                         }),
-                        session_expiry: props
-                            .and_then(|p| p.session_expiry_interval)
-                            .unwrap_or(0),
+                        session_expiry: props.and_then(|p| p.session_expiry_interval).unwrap_or(0),
                         problem_info: props.and_then(|p| p.request_problem_info) != Some(0),
                         client_max_packet: props.and_then(|p| p.max_packet_size),
                         auth_method: props.and_then(|p| p.authentication_method.clone()),
@@ -529,8 +523,7 @@ pub fn write_connack(
                 _ => v4::ConnectReturnCode::ServiceUnavailable,
             };
             // Writing into a BytesMut cannot fail for these sizes.
-            let _ = v4::ConnAck::new(code, session_present && reason == Reason::Success)
-                .write(out);
+            let _ = v4::ConnAck::new(code, session_present && reason == Reason::Success).write(out);
         }
         Version::V5 => {
             use v5::ConnectReturnCode as C;
@@ -810,7 +803,10 @@ mod tests {
         assert_eq!(sniff_connect(&v3), Ok(Sniff::Unsupported(3)));
         let info = decode_connect(Version::V4, frame).expect("decode");
         assert_eq!((info.client_id.as_str(), info.keep_alive, info.clean_start), ("dev", 30, true));
-        assert_eq!(sniff_connect(&[0x30, 0x00]).map_err(|e| e.reason()), Err(Reason::ProtocolError));
+        assert_eq!(
+            sniff_connect(&[0x30, 0x00]).map_err(|e| e.reason()),
+            Err(Reason::ProtocolError)
+        );
         assert!(sniff_connect(&[0x10, 0x02, 0x00]).is_err());
         assert!(sniff_connect(&[0x10, 0x06, 0x00, 0x04, b'H', b'T', b'T', b'P']).is_err());
     }
@@ -853,7 +849,10 @@ mod tests {
         match v5::Packet::read(&mut out, max).expect("read") {
             v5::Packet::PubAck(a) => {
                 assert_eq!((a.pkid, a.reason), (7, v5::PubAckReason::QuotaExceeded));
-                assert_eq!(a.properties.and_then(|p| p.reason_string).as_deref(), Some("slow down"));
+                assert_eq!(
+                    a.properties.and_then(|p| p.reason_string).as_deref(),
+                    Some("slow down")
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -47,7 +47,9 @@ pub enum AttachError {
     #[error("client id {0:?} is in use by another identity")]
     OwnedByOther(String),
     /// The connection being taken over did not finish in time.
-    #[error("the previous connection of client id {0:?} did not finish within {TAKEOVER_TIMEOUT:?}")]
+    #[error(
+        "the previous connection of client id {0:?} did not finish within {TAKEOVER_TIMEOUT:?}"
+    )]
     TakeoverTimeout(String),
 }
 
@@ -133,10 +135,10 @@ impl Sessions {
                         let (tx, rx) = watch::channel(());
                         let takeover = CancellationToken::new();
                         slot.owner = owner.map(str::to_owned);
-                        slot.active =
-                            Some(Active { id, takeover: takeover.clone(), finished: rx });
+                        slot.active = Some(Active { id, takeover: takeover.clone(), finished: rx });
                         let now = Instant::now();
-                        let stored = slot.stored.take().filter(|s| s.expires.is_none_or(|e| e > now));
+                        let stored =
+                            slot.stored.take().filter(|s| s.expires.is_none_or(|e| e > now));
                         let (session_present, state) = match stored {
                             Some(s) if !clean_start => (true, s.state),
                             _ => (false, SessionState::default()),

@@ -155,8 +155,7 @@ impl MqttSection {
             return Err(("mqtt.max_connections".into(), "must be at least 1".into()));
         }
         let min_budget = 2 * u64::from(self.max_packet_bytes);
-        if self.memory_budget_bytes < min_budget || self.memory_budget_bytes > u64::from(u32::MAX)
-        {
+        if self.memory_budget_bytes < min_budget || self.memory_budget_bytes > u64::from(u32::MAX) {
             return Err((
                 "mqtt.memory_budget_bytes".into(),
                 format!(

@@ -101,7 +101,9 @@ pub enum MapError {
         level: usize,
     },
     /// The rule takes the key from the identity, and the client has none.
-    #[error("rule for {0:?} takes the partition key from the identity, and the client is anonymous")]
+    #[error(
+        "rule for {0:?} takes the partition key from the identity, and the client is anonymous"
+    )]
     NoIdentity(String),
 }
 
@@ -196,11 +198,12 @@ impl Mapping {
             .iter()
             .find(|r| matches(&r.filter, topic))
             .ok_or_else(|| MapError::NoRule(topic.to_owned()))?;
-        let level = |n: usize, what: &'static str| {
-            topic.split('/').nth(n - 1).filter(|l| !l.is_empty()).ok_or_else(|| {
-                MapError::MissingLevel { topic: topic.to_owned(), what, level: n }
-            })
-        };
+        let level =
+            |n: usize, what: &'static str| {
+                topic.split('/').nth(n - 1).filter(|l| !l.is_empty()).ok_or_else(|| {
+                    MapError::MissingLevel { topic: topic.to_owned(), what, level: n }
+                })
+            };
         let stream = match &rule.stream {
             StreamSpec::Name(n) => n.clone(),
             StreamSpec::Level(n) => level(*n, "stream")?.to_owned(),
@@ -253,9 +256,7 @@ fn is_stream_name(s: &str) -> bool {
 /// Whether `topic` is a valid topic name for PUBLISH: non-empty, no
 /// wildcards, no NUL, at most 65,535 bytes.
 pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= usize::from(u16::MAX)
-        && !topic.contains(['+', '#', '\0'])
+    !topic.is_empty() && topic.len() <= usize::from(u16::MAX) && !topic.contains(['+', '#', '\0'])
 }
 
 /// Whether `filter` is a valid topic filter: `+` alone in its level, `#`

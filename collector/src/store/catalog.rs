@@ -290,6 +290,19 @@ mod tests {
     }
 
     #[test]
+    fn a_catalog_written_before_stream_settings_existed_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = r#"{"version":1,"next_stream_id":2,"streams":[{"id":1,"name":"s",
+            "status":"ACTIVE","created_ms":5,"retention_hours":24,"next_shard_index":1,
+            "shards":[{"index":0,"hash_start":"0","hash_end":"9","parent":null,
+            "adjacent_parent":null,"created_ms":5,"closed":null}]}]}"#;
+        std::fs::write(dir.path().join(FILE_NAME), old).expect("write");
+        let c = Catalog::load(dir.path()).expect("load");
+        let s = &c.streams[0];
+        assert_eq!((s.mode, s.write_limits, s.tags.len()), (StreamMode::Provisioned, false, 0));
+    }
+
+    #[test]
     fn refuses_a_damaged_catalog() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(FILE_NAME), b"{\"version\":1,").expect("write");

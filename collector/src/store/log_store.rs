@@ -6,6 +6,7 @@
 //!   LOCK                      held (flock) while a store has the directory open
 //!   catalog.json              streams, shards, lineage (see `catalog`)
 //!   streams/<stream id>/shard-<index:012>/<base:020>.log|.index  (see `segment`)
+//!   api-token.key             not the store's: the Kinesis API's token key (see `api::token`)
 //! ```
 //!
 //! Metadata operations (create, delete, reshard, retention changes) are

@@ -179,7 +179,12 @@ impl Report {
         assert!(
             self.acks.iter().all(|a| *a == Ack::Ok),
             "not all acknowledged: {:?} (error {:?}, disconnect {:?})",
-            self.acks.iter().enumerate().filter(|(_, a)| **a != Ack::Ok).take(10).collect::<Vec<_>>(),
+            self.acks
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| **a != Ack::Ok)
+                .take(10)
+                .collect::<Vec<_>>(),
             self.error,
             self.disconnect
         );
@@ -310,7 +315,8 @@ mod v4 {
                     break;
                 }
                 Ok(Ok(Event::Incoming(Packet::ConnAck(c)))) => {
-                    report.connack = Some(if c.code == ConnectReturnCode::Success { 0 } else { c.code as u8 });
+                    report.connack =
+                        Some(if c.code == ConnectReturnCode::Success { 0 } else { c.code as u8 });
                 }
                 Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                     let before = t.acked;
@@ -335,7 +341,9 @@ mod v4 {
         if report.error.is_none() {
             let _ = client.try_disconnect();
             let end = Instant::now() + Duration::from_secs(2);
-            while let Ok(Ok(ev)) = tokio::time::timeout(end.saturating_duration_since(Instant::now()), el.poll()).await {
+            while let Ok(Ok(ev)) =
+                tokio::time::timeout(end.saturating_duration_since(Instant::now()), el.poll()).await
+            {
                 if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
                     break;
                 }
@@ -493,7 +501,9 @@ mod v5 {
         if report.error.is_none() {
             let _ = client.try_disconnect();
             let end = Instant::now() + Duration::from_secs(2);
-            while let Ok(Ok(ev)) = tokio::time::timeout(end.saturating_duration_since(Instant::now()), el.poll()).await {
+            while let Ok(Ok(ev)) =
+                tokio::time::timeout(end.saturating_duration_since(Instant::now()), el.poll()).await
+            {
                 if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
                     break;
                 }
@@ -548,7 +558,10 @@ pub async fn read_stream(data_dir: &Path, stream: &str) -> Option<Vec<Read>> {
                 break;
             }
             out.extend(
-                batch.records.into_iter().map(|r| Read { shard: shard.shard_id.clone(), record: r }),
+                batch
+                    .records
+                    .into_iter()
+                    .map(|r| Read { shard: shard.shard_id.clone(), record: r }),
             );
             pos = batch.next;
         }
@@ -601,8 +614,12 @@ impl Raw {
     pub async fn connect_v5(addr: SocketAddr, client_id: &str) -> Self {
         use rumqttc::v5::mqttbytes::v5::{Connect, ConnectReturnCode, Packet};
         let mut raw = Self::connect(addr).await;
-        let connect =
-            Connect { keep_alive: 60, client_id: client_id.into(), clean_start: true, properties: None };
+        let connect = Connect {
+            keep_alive: 60,
+            client_id: client_id.into(),
+            clean_start: true,
+            properties: None,
+        };
         raw.send5(Packet::Connect(connect, None, None)).await;
         match raw.recv5().await {
             Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success => {}

@@ -1,92 +1,17 @@
-//! The agent's configuration: a TOML file (`--config`, default
-//! `/etc/weir/agent.toml`) parsed into [`ConfigFile`] (what is written) and
-//! checked into [`Config`] (what the agent runs with).
-//!
-//! ```toml
-//! device_id = "gw-17"                 # default: /etc/machine-id, else the host name
-//!
-//! [collector]
-//! address = "mqtts://collector.example:8883"   # or mqtt://host:1883 (plain, development)
-//! client_id = "gw-17"                 # default: the device id
-//! keepalive_secs = 30
-//! inflight = 16                       # batches sent and not yet acknowledged
-//! reconnect_min_ms = 500              # backoff: doubles per failure, with jitter ...
-//! reconnect_max_ms = 30000            # ... up to this
-//! # username = "gw-17"                # instead of a client certificate
-//! # password = "..."
-//!
-//! [collector.tls]
-//! ca_file = "/etc/weir/ca.pem"        # the CA that signed the collector's certificate
-//! cert_file = "/etc/weir/gw-17.pem"   # mutual TLS (optional): the device certificate ...
-//! key_file = "/etc/weir/gw-17.key"    # ... and its key
-//! # server_name = "collector.example" # default: the host in `address`
-//!
-//! [spool]
-//! dir = "/var/lib/weir-agent/spool"
-//! max_bytes = 268435456               # 256 MiB on disk at most
-//! when_full = "drop_oldest"           # or "block" (stop reading inputs)
-//!
-//! [batch]
-//! max_records = 500
-//! max_bytes = 524288
-//! linger_ms = 200
-//!
-//! [status]
-//! file = "/var/lib/weir-agent/spool/status.json"   # default: in the spool directory
-//!
-//! [[inputs]]
-//! kind = "file"
-//! name = "app"                        # default: the paths; keep it stable (checkpoints)
-//! paths = ["/var/log/app/*.log"]
-//! start_at = "beginning"              # or "end": files found at the first start
-//! max_line_bytes = 16384              # longer lines are split (and counted)
-//! partial_flush_ms = 5000             # a last line without newline, once idle this long
-//! rotate_wait_ms = 5000               # a rotated file is let go once idle this long
-//! rescan_ms = 1000                    # globs listed again for new files
-//! poll_ms = 250                       # files checked for growth when idle
-//! multiline_start = '^\d{4}-\d{2}-\d{2}'   # optional: a record starts at such a line
-//! multiline_max_bytes = 65536
-//! multiline_timeout_ms = 1000
-//! stream = "logs"
-//! partition_key = "{device_id}/{file}"
-//!
-//! [[inputs]]
-//! kind = "metrics"
-//! interval_ms = 10000
-//! stream = "metrics"
-//! partition_key = "{device_id}"      # {metric} also works
-//!
-//! # [[inputs]] kind = "serial" is reserved for the firmware issue.
-//! ```
-//!
-//! Unknown keys are errors; every error names the file and the key (and the
-//! line, for errors the TOML parser finds), so a typo never silently falls
-//! back to a default. Relative paths are taken from the current directory.
+//! Parsing and checking: TOML text → [`ConfigFile`] → [`Config`], with
+//! errors ([`ConfigError`]) that name the file, the key and, for what the
+//! TOML parser finds, the line.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use weir_wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DATA_BYTES};
 
-use crate::spool::{FullPolicy, SpoolConfig};
-use crate::tail::{StartAt, TailConfig};
+use super::settings::*;
+use super::written::*;
+use crate::spool::SpoolConfig;
+use crate::tail::TailConfig;
 use crate::template::{KeyTemplate, Placeholders};
-
-/// Where the agent looks for its configuration by default.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/weir/agent.toml";
-/// Default spool directory.
-pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/weir-agent/spool";
-/// Name of the status file in the spool directory, when not configured.
-pub const STATUS_FILE_NAME: &str = "status.json";
-/// Name of the human-readable checkpoint file in the spool directory.
-pub const CHECKPOINT_FILE_NAME: &str = "checkpoints.json";
-/// Longest device id (it becomes a client id and part of partition keys).
-pub const MAX_DEVICE_ID_CHARS: usize = 64;
-/// Longest stream name (Kinesis's limit).
-pub const MAX_STREAM_NAME_CHARS: usize = 128;
-/// Smallest spool: a few batches must fit.
-pub const MIN_SPOOL_BYTES: u64 = 1024 * 1024;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -101,13 +26,15 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has a key of the wrong type or name.
-    #[error("{path}:{line}: {message}")]
+    #[error("{path}:{line}: {}{message}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
     Parse {
         /// The file.
         path: PathBuf,
         /// 1-based line of the error.
         line: usize,
-        /// The parser's message, naming the key.
+        /// The key at that line, dotted, when there is one.
+        key: Option<String>,
+        /// The parser's message.
         message: String,
     },
     /// A value is missing or out of its range.
@@ -120,302 +47,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-/// The file as written; every key has a default except those [`validate`]
-/// requires.
-///
-/// [`validate`]: ConfigFile::validate
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConfigFile {
-    /// The device id; default `/etc/machine-id`, else the host name.
-    pub device_id: Option<String>,
-    /// Where and how to ship.
-    pub collector: CollectorSection,
-    /// The on-disk spool.
-    pub spool: SpoolSection,
-    /// Batching.
-    pub batch: BatchSection,
-    /// The status file.
-    pub status: StatusSection,
-    /// The inputs.
-    pub inputs: Vec<InputSection>,
-}
-
-/// `[collector]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CollectorSection {
-    /// `mqtts://host[:port]` or `mqtt://host[:port]`.
-    pub address: Option<String>,
-    /// MQTT client id; default the device id.
-    pub client_id: Option<String>,
-    /// MQTT keep-alive, seconds.
-    pub keepalive_secs: u64,
-    /// Batches in flight.
-    pub inflight: u32,
-    /// First reconnect delay, milliseconds.
-    pub reconnect_min_ms: u64,
-    /// Longest reconnect delay, milliseconds.
-    pub reconnect_max_ms: u64,
-    /// User name (with `password`), instead of a client certificate.
-    pub username: Option<String>,
-    /// Password.
-    pub password: Option<String>,
-    /// TLS files.
-    pub tls: TlsSection,
-}
-
-impl Default for CollectorSection {
-    fn default() -> Self {
-        Self {
-            address: None,
-            client_id: None,
-            keepalive_secs: 30,
-            inflight: 16,
-            reconnect_min_ms: 500,
-            reconnect_max_ms: 30_000,
-            username: None,
-            password: None,
-            tls: TlsSection::default(),
-        }
-    }
-}
-
-/// `[collector.tls]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsSection {
-    /// CA certificates (PEM) that sign the collector's certificate.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// Its private key (PEM).
-    pub key_file: Option<PathBuf>,
-    /// Name the collector's certificate must carry; default the host.
-    pub server_name: Option<String>,
-}
-
-/// `[spool]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SpoolSection {
-    /// Directory.
-    pub dir: PathBuf,
-    /// Most bytes on disk.
-    pub max_bytes: u64,
-    /// `drop_oldest` or `block`.
-    pub when_full: FullPolicy,
-}
-
-impl Default for SpoolSection {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from(DEFAULT_SPOOL_DIR),
-            max_bytes: 256 * 1024 * 1024,
-            when_full: FullPolicy::DropOldest,
-        }
-    }
-}
-
-/// `[batch]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BatchSection {
-    /// Most records per batch (1 to 500).
-    pub max_records: u32,
-    /// Most bytes per encoded batch.
-    pub max_bytes: u64,
-    /// How long a batch may wait for more records, milliseconds.
-    pub linger_ms: u64,
-}
-
-impl Default for BatchSection {
-    fn default() -> Self {
-        Self { max_records: 500, max_bytes: 512 * 1024, linger_ms: 200 }
-    }
-}
-
-/// `[status]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StatusSection {
-    /// The status file; default `status.json` in the spool directory.
-    pub file: Option<PathBuf>,
-}
-
-/// One `[[inputs]]` entry as written: the keys of every kind, checked
-/// against its `kind` by [`ConfigFile::validate`].
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InputSection {
-    /// `file`, `metrics` (or `serial`, not supported yet).
-    pub kind: Option<String>,
-    /// Name (identifies a file input's checkpoints).
-    pub name: Option<String>,
-    /// Target stream.
-    pub stream: Option<String>,
-    /// Partition key template.
-    pub partition_key: Option<String>,
-    /// file: glob patterns.
-    pub paths: Option<Vec<String>>,
-    /// file: where files found at the first start begin.
-    pub start_at: Option<StartAt>,
-    /// file: longest line.
-    pub max_line_bytes: Option<u64>,
-    /// file: idle time before a last line without newline is shipped.
-    pub partial_flush_ms: Option<u64>,
-    /// file: idle time before a rotated file is let go.
-    pub rotate_wait_ms: Option<u64>,
-    /// file: how often globs are listed again.
-    pub rescan_ms: Option<u64>,
-    /// file: how often files are checked for growth when idle.
-    pub poll_ms: Option<u64>,
-    /// file: regex matching the first line of a multi-line record.
-    pub multiline_start: Option<String>,
-    /// file: largest multi-line record.
-    pub multiline_max_bytes: Option<u64>,
-    /// file: a multi-line record is complete after this much idleness.
-    pub multiline_timeout_ms: Option<u64>,
-    /// metrics: sampling interval.
-    pub interval_ms: Option<u64>,
-    /// serial: the device (reserved).
-    pub device: Option<String>,
-    /// serial: baud rate (reserved).
-    pub baud: Option<u32>,
-}
-
-/// The checked configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The file it came from.
-    pub origin: String,
-    /// The device id.
-    pub device_id: String,
-    /// Shipping.
-    pub collector: CollectorConfig,
-    /// Spool directory.
-    pub spool_dir: PathBuf,
-    /// Spool bound and policy.
-    pub spool: SpoolConfig,
-    /// Batching.
-    pub batch: BatchConfig,
-    /// Status file.
-    pub status_file: PathBuf,
-    /// Human-readable checkpoint file.
-    pub checkpoint_file: PathBuf,
-    /// Inputs, in file order.
-    pub inputs: Vec<Input>,
-}
-
-/// Plain MQTT or MQTT over TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// `mqtt://` (development only).
-    Plain,
-    /// `mqtts://`.
-    Tls,
-}
-
-/// The checked `[collector]`.
-#[derive(Debug, Clone)]
-pub struct CollectorConfig {
-    /// The address as written.
-    pub address: String,
-    /// Plain or TLS.
-    pub scheme: Scheme,
-    /// Host name or IP.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// MQTT client id.
-    pub client_id: String,
-    /// Keep-alive.
-    pub keepalive: Duration,
-    /// Batches in flight.
-    pub inflight: usize,
-    /// First reconnect delay.
-    pub reconnect_min: Duration,
-    /// Longest reconnect delay.
-    pub reconnect_max: Duration,
-    /// User name and password.
-    pub login: Option<(String, String)>,
-    /// TLS files (for `mqtts`).
-    pub tls: Option<TlsFiles>,
-}
-
-/// TLS files of the collector connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates.
-    pub ca_file: PathBuf,
-    /// Client certificate and key, for mutual TLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
-    /// The name to verify the collector's certificate against.
-    pub server_name: String,
-}
-
-/// The checked `[batch]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchConfig {
-    /// Most records per batch.
-    pub max_records: usize,
-    /// Most bytes per encoded batch envelope.
-    pub max_bytes: usize,
-    /// Longest wait for more records.
-    pub linger: Duration,
-}
-
-/// One checked input.
-#[derive(Debug, Clone)]
-pub struct Input {
-    /// Its name.
-    pub name: String,
-    /// Target stream.
-    pub stream: String,
-    /// Partition key template.
-    pub key: KeyTemplate,
-    /// What it reads.
-    pub kind: InputKind,
-}
-
-/// What an input reads.
-#[derive(Debug, Clone)]
-pub enum InputKind {
-    /// Log files.
-    File(FileInput),
-    /// Host metrics.
-    Metrics(MetricsInput),
-}
-
-/// A file input.
-#[derive(Debug, Clone)]
-pub struct FileInput {
-    /// The tailer's settings.
-    pub tail: TailConfig,
-    /// How often files are checked for growth when nothing was read.
-    pub poll: Duration,
-    /// Multi-line grouping.
-    pub multiline: Option<Multiline>,
-}
-
-/// Multi-line grouping settings.
-#[derive(Debug, Clone)]
-pub struct Multiline {
-    /// A line matching this starts a record.
-    pub start: regex::bytes::Regex,
-    /// Largest grouped record; more is cut into another record.
-    pub max_bytes: usize,
-    /// A group is complete once its file gave no line for this long.
-    pub timeout: Duration,
-}
-
-/// A metrics input.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricsInput {
-    /// Sampling interval.
-    pub interval: Duration,
 }
 
 impl Config {
@@ -436,16 +67,47 @@ impl Config {
     /// As [`load`](Self::load).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| {
-                text.get(..s.start).map_or(0, |before| before.matches('\n').count() + 1)
+            let at = e.span().map(|s| s.start);
+            let line = at.map_or(0, |at| {
+                text.get(..at).map_or(0, |before| before.matches('\n').count() + 1)
             });
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
+                key: at.and_then(|at| key_at(text, at)),
                 message: e.message().trim().to_owned(),
             }
         })?;
         file.validate(&path.display().to_string())
+    }
+}
+
+/// The dotted key of the TOML line holding byte `at` (`inputs[1].start_at`),
+/// from the line's `key =` and the table header above it; for error messages.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next().unwrap_or_default();
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+        !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    });
+    let mut section = None;
+    let above: Vec<&str> = text.get(..line_start)?.lines().map(str::trim).collect();
+    if let Some(pos) = above.iter().rposition(|l| l.starts_with('[')) {
+        let header = above[pos];
+        if let Some(name) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+            let opening = format!("[[{name}]]");
+            let index = above[..pos].iter().filter(|l| l.starts_with(&opening)).count();
+            section = Some(format!("{}[{index}]", name.trim()));
+        } else if let Some(name) = header.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            section = Some(name.trim().to_owned());
+        }
+    }
+    match (section, key) {
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (Some(s), None) => Some(s),
+        (None, Some(k)) => Some(k.to_owned()),
+        (None, None) => None,
     }
 }
 
@@ -520,47 +182,9 @@ fn parse_address(address: &str) -> Result<(Scheme, String, u16), String> {
     Ok((scheme, host.to_owned(), port))
 }
 
-/// Keys of each input kind, for "only for kind" messages.
-const FILE_KEYS: &[&str] = &[
-    "paths",
-    "start_at",
-    "max_line_bytes",
-    "partial_flush_ms",
-    "rotate_wait_ms",
-    "rescan_ms",
-    "poll_ms",
-    "multiline_start",
-    "multiline_max_bytes",
-    "multiline_timeout_ms",
-];
-const METRICS_KEYS: &[&str] = &["interval_ms"];
-const SERIAL_KEYS: &[&str] = &["device", "baud"];
-
-impl InputSection {
-    /// Names of the kind-specific keys that are set.
-    fn set_keys(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let mut add = |set: bool, k: &'static str| {
-            if set {
-                keys.push(k);
-            }
-        };
-        add(self.paths.is_some(), "paths");
-        add(self.start_at.is_some(), "start_at");
-        add(self.max_line_bytes.is_some(), "max_line_bytes");
-        add(self.partial_flush_ms.is_some(), "partial_flush_ms");
-        add(self.rotate_wait_ms.is_some(), "rotate_wait_ms");
-        add(self.rescan_ms.is_some(), "rescan_ms");
-        add(self.poll_ms.is_some(), "poll_ms");
-        add(self.multiline_start.is_some(), "multiline_start");
-        add(self.multiline_max_bytes.is_some(), "multiline_max_bytes");
-        add(self.multiline_timeout_ms.is_some(), "multiline_timeout_ms");
-        add(self.interval_ms.is_some(), "interval_ms");
-        add(self.device.is_some(), "device");
-        add(self.baud.is_some(), "baud");
-        keys
-    }
-}
+/// Most bytes a record adds to its data: a partition key of up to 256
+/// characters (1 KiB) and the varints and tags around them.
+const RECORD_OVERHEAD: u64 = 1024 + 32;
 
 /// Checks that `value` is in `range`, naming `key` otherwise.
 fn in_range(
@@ -709,16 +333,6 @@ impl ConfigFile {
             linger: ms(linger),
         };
 
-        let s = &self.spool;
-        if s.dir.as_os_str().is_empty() {
-            return Err(err("spool.dir", "is empty".into()));
-        }
-        let min_spool = MIN_SPOOL_BYTES.max(4 * max_bytes);
-        let spool_bytes = in_range("spool.max_bytes", s.max_bytes, min_spool..=u64::MAX / 2)
-            .map_err(|(k, m)| (k, format!("{m} (at least four batches of `batch.max_bytes`)")))?;
-        let spool = SpoolConfig::with_max_bytes(spool_bytes, s.when_full);
-        let status_file = self.status.file.clone().unwrap_or_else(|| s.dir.join(STATUS_FILE_NAME));
-
         if self.inputs.is_empty() {
             return Err(err(
                 "inputs",
@@ -736,6 +350,31 @@ impl ConfigFile {
             }
             inputs.push(input);
         }
+        // The largest batch: `batch.max_bytes`, or one record of the
+        // largest kind alone (a key of up to 1 KiB, a line or group).
+        let largest_record = inputs
+            .iter()
+            .map(|i| match &i.kind {
+                InputKind::File(f) => {
+                    f.multiline.as_ref().map_or(f.tail.max_line_bytes, |m| m.max_bytes)
+                }
+                InputKind::Metrics(_) => 1024,
+            })
+            .max()
+            .unwrap_or(0) as u64
+            + RECORD_OVERHEAD;
+        let largest_batch = max_bytes.max(largest_record + 1024);
+        let s = &self.spool;
+        if s.dir.as_os_str().is_empty() {
+            return Err(err("spool.dir", "is empty".into()));
+        }
+        let min_spool = MIN_SPOOL_BYTES.max(4 * largest_batch);
+        let spool_bytes = in_range("spool.max_bytes", s.max_bytes, min_spool..=u64::MAX / 2)
+            .map_err(|(k, m)| {
+                (k, format!("{m} (at least four of the largest batch, {largest_batch} bytes)"))
+            })?;
+        let spool = SpoolConfig::with_max_bytes(spool_bytes, s.when_full);
+        let status_file = self.status.file.clone().unwrap_or_else(|| s.dir.join(STATUS_FILE_NAME));
         Ok(Config {
             origin: origin.to_owned(),
             device_id,
@@ -744,6 +383,11 @@ impl ConfigFile {
             spool,
             batch,
             status_file,
+            status_interval: ms(in_range(
+                "status.interval_ms",
+                self.status.interval_ms.unwrap_or(1000),
+                100..=60_000,
+            )?),
             checkpoint_file: s.dir.join(CHECKPOINT_FILE_NAME),
             inputs,
         })
@@ -884,6 +528,8 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::FullPolicy;
+    use crate::tail::StartAt;
 
     const GOOD: &str = r#"
 device_id = "gw-1"
@@ -948,7 +594,7 @@ stream = "metrics"
     fn errors_name_the_key() {
         let e = parse("[collector]\naddres = \"x\"\n").expect_err("typo");
         let text = e.to_string();
-        assert!(text.starts_with("agent.toml:2:") && text.contains("addres"), "{text}");
+        assert!(text.starts_with("agent.toml:2: `collector.addres`: unknown field"), "{text}");
         assert_eq!(bad_key(&GOOD.replace("mqtts://", "tcp://")), "collector.address");
         assert_eq!(
             bad_key(&GOOD.replace("ca_file = \"/etc/weir/ca.pem\"", "")),
@@ -991,6 +637,14 @@ stream = "metrics"
         );
         assert_eq!(bad_key(&format!("{GOOD}[batch]\nmax_records = 501\n")), "batch.max_records");
         assert_eq!(bad_key(&format!("{GOOD}[spool]\nmax_bytes = 1000\n")), "spool.max_bytes");
+        // One line alone must fit a quarter of the spool.
+        let long_lines =
+            GOOD.replace("stream = \"logs\"", "stream = \"logs\"\nmax_line_bytes = 1048576");
+        assert_eq!(
+            bad_key(&format!("{long_lines}[spool]\nmax_bytes = 2097152\n")),
+            "spool.max_bytes"
+        );
+        assert!(parse(&format!("{long_lines}[spool]\nmax_bytes = 8388608\n")).is_ok());
         assert_eq!(
             bad_key(
                 &GOOD
@@ -1000,7 +654,13 @@ stream = "metrics"
         );
         let e =
             parse(&format!("{GOOD}[spool]\nwhen_full = \"sometimes\"\n")).expect_err("bad policy");
-        assert!(e.to_string().contains("when_full") || e.to_string().contains("sometimes"), "{e}");
+        assert!(e.to_string().contains("`spool.when_full`: unknown variant `sometimes`"), "{e}");
+        let text = GOOD.replace("stream = \"logs\"", "stream = \"logs\"\nstart_at = \"middle\"");
+        let e = parse(&text).expect_err("bad start");
+        assert!(e.to_string().contains(":11: `inputs[0].start_at`:"), "{e}");
+        let text = GOOD.replace("kind = \"metrics\"", "kind = \"metrics\"\ninterval_ms = \"fast\"");
+        let e = parse(&text).expect_err("bad type");
+        assert!(e.to_string().contains("`inputs[1].interval_ms`: invalid type"), "{e}");
         let e = parse("device_id = \"x\"\n[collector]\naddress = \"mqtt://h\"\n")
             .expect_err("no inputs");
         assert!(e.to_string().contains("`inputs`"), "{e}");
