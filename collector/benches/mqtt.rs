@@ -204,6 +204,8 @@ fn main() {
     }
 }
 
+// The report is the benchmark's output.
+#[allow(clippy::print_stdout)]
 async fn bench(args: Args) -> Result<(), String> {
     let cases: Vec<&Case> = CASES
         .iter()
@@ -406,7 +408,7 @@ impl MosquittoTls {
     async fn start(dir: &Path) -> Option<Self> {
         let bin = Path::new("/usr/sbin/mosquitto");
         if !bin.exists() {
-            println!("(no /usr/sbin/mosquitto: the TLS case runs against Weir only)");
+            eprintln!("(no /usr/sbin/mosquitto: the TLS case runs against Weir only)");
             return None;
         }
         let tls_dir = dir.join("mosquitto-tls");
