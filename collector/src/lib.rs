@@ -74,15 +74,28 @@ pub async fn run(
     let store_config = config.store_config()?;
     let mqtt_settings = config.mqtt_settings()?;
     let store = LogStore::open(&config.data_dir, store_config).await?;
-    let http = api::HttpListener::start(&config, store.clone()).await?;
-    // TLS files live in the data directory, which the store has locked.
-    let server_tls = match mqtt_settings.tls_listen {
-        Some(_) => Some(tls::server_config(&config.tls, &config.data_dir)?),
-        None => None,
+    let listeners = async {
+        let http = api::HttpListener::start(&config, store.clone()).await?;
+        // TLS files live in the data directory, which the store has locked.
+        let server_tls = match mqtt_settings.tls_listen {
+            Some(_) => Some(tls::server_config(&config.tls, &config.data_dir)?),
+            None => None,
+        };
+        let tls_ca = server_tls.as_ref().and_then(|t| t.dev_ca_cert.clone());
+        let ingest =
+            ingest::Ingest::start(store.clone(), mqtt_settings, server_tls.map(|t| t.config))
+                .await?;
+        Ok::<_, RunError>((http, ingest, tls_ca))
+    }
+    .await;
+    let (http, ingest, tls_ca) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            // Stop the shard writers after their final sync before reporting.
+            store.close().await;
+            return Err(e);
+        }
     };
-    let tls_ca = server_tls.as_ref().and_then(|t| t.dev_ca_cert.clone());
-    let ingest =
-        ingest::Ingest::start(store.clone(), mqtt_settings, server_tls.map(|t| t.config)).await?;
     ready(
         &Ready {
             data_dir: config.data_dir.clone(),
