@@ -7,6 +7,11 @@
 //! cargo bench -p weir-agent --bench agent -- --runs 5 --lines 4000000 --filter spool
 //! ```
 //!
+//! Options: `--runs N`, `--lines N` (e2e), `--spool-lines N` (spool),
+//! `--rate-seconds N`, `--inflight N` (the agent's `collector.inflight`),
+//! `--dir DIR` (where files, spools and the collector's data go),
+//! `--filter spool|e2e|rate|idle`.
+//!
 //! Cases:
 //!
 //! - `spool`: the agent alone, reading a file from the page cache into its
@@ -46,6 +51,8 @@ struct Args {
     spool_lines: u64,
     lines: u64,
     rate_seconds: u64,
+    /// `collector.inflight` of the agent (default: the agent's default).
+    inflight: Option<u32>,
     dir: PathBuf,
     filter: Option<String>,
 }
@@ -56,6 +63,7 @@ fn args() -> Args {
         spool_lines: 10_000_000,
         lines: 2_000_000,
         rate_seconds: 30,
+        inflight: None,
         dir: std::env::temp_dir(),
         filter: None,
     };
@@ -68,6 +76,7 @@ fn args() -> Args {
             "--spool-lines" => a.spool_lines = value().parse().expect("--spool-lines N"),
             "--rate-seconds" => a.rate_seconds = value().parse().expect("--rate-seconds N"),
             "--dir" => a.dir = PathBuf::from(value()),
+            "--inflight" => a.inflight = Some(value().parse().expect("--inflight N")),
             "--filter" => a.filter = Some(value()),
             // cargo bench passes `--bench`.
             _ => {}
@@ -208,6 +217,7 @@ impl Drop for CollectorProc {
 
 /// Writes the agent's configuration and starts it.
 fn start_agent(
+    a: &Args,
     dir: &Path,
     log_glob: &Path,
     collector: Option<&CollectorProc>,
@@ -217,8 +227,12 @@ fn start_agent(
     let status_file = dir.join("status.json");
     let tls = match collector {
         Some(c) => format!(
-            "address = \"mqtts://{}\"\n[collector.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nserver_name = \"localhost\"\n",
-            c.address, c.ca, c.cert, c.key
+            "address = \"mqtts://{}\"\n{}[collector.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nserver_name = \"localhost\"\n",
+            c.address,
+            a.inflight.map(|n| format!("inflight = {n}\n")).unwrap_or_default(),
+            c.ca,
+            c.cert,
+            c.key
         ),
         // Nothing listens there: the agent spools and the shipper waits.
         None => {
@@ -255,6 +269,8 @@ struct Run {
     cpu_pct: f64,
     peak_rss_kib: u64,
     rss_kib: u64,
+    /// The collector's CPU over the run, % of one core.
+    collector_cpu_pct: f64,
 }
 
 fn field(s: &serde_json::Value, path: &[&str]) -> u64 {
@@ -271,7 +287,7 @@ fn shipped(s: &serde_json::Value) -> u64 {
 
 /// The agent alone: page cache → spool.
 fn spool_case(a: &Args, file_dir: &Path, run_dir: &Path) -> Run {
-    let (child, status_file) = start_agent(run_dir, &file_dir.join("*.log"), None, false);
+    let (child, status_file) = start_agent(a, run_dir, &file_dir.join("*.log"), None, false);
     let pid = child.id();
     let start = Instant::now();
     let mut peak = 0;
@@ -289,6 +305,7 @@ fn spool_case(a: &Args, file_dir: &Path, run_dir: &Path) -> Run {
         cpu_pct: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
         peak_rss_kib: peak,
         rss_kib: 0,
+        collector_cpu_pct: 0.0,
     }
 }
 
@@ -299,12 +316,15 @@ fn e2e_case(a: &Args, run_dir: &Path) -> Run {
     std::fs::create_dir_all(&logs).expect("logs dir");
     let log = logs.join("app.log");
     std::fs::write(&log, b"").expect("log");
-    let (child, status_file) = start_agent(run_dir, &logs.join("*.log"), Some(&collector), false);
+    let (child, status_file) =
+        start_agent(a, run_dir, &logs.join("*.log"), Some(&collector), false);
     let pid = child.id();
     wait("the agent connected", Duration::from_secs(60), || {
         status(&status_file).is_some_and(|s| s["connection"]["state"] == "connected")
     });
+    let collector_pid = collector.child.as_ref().map_or(0, Child::id);
     let cpu0 = cpu_time(pid);
+    let collector_cpu0 = cpu_time(collector_pid);
     let start = Instant::now();
     let total = a.lines;
     let writer = {
@@ -327,6 +347,7 @@ fn e2e_case(a: &Args, run_dir: &Path) -> Run {
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time(pid).saturating_sub(cpu0);
+    let collector_cpu = cpu_time(collector_pid).saturating_sub(collector_cpu0);
     peak = peak.max(proc_kib(pid, "VmHWM:"));
     writer.join().expect("writer");
     stop(child);
@@ -337,6 +358,7 @@ fn e2e_case(a: &Args, run_dir: &Path) -> Run {
         cpu_pct: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
         peak_rss_kib: peak,
         rss_kib: 0,
+        collector_cpu_pct: 100.0 * collector_cpu.as_secs_f64() / elapsed.as_secs_f64(),
     }
 }
 
@@ -349,7 +371,8 @@ fn rate_case(a: &Args, run_dir: &Path) -> Run {
     std::fs::create_dir_all(&logs).expect("logs dir");
     let log = logs.join("app.log");
     std::fs::write(&log, b"").expect("log");
-    let (child, status_file) = start_agent(run_dir, &logs.join("*.log"), Some(&collector), false);
+    let (child, status_file) =
+        start_agent(a, run_dir, &logs.join("*.log"), Some(&collector), false);
     let pid = child.id();
     wait("the agent connected", Duration::from_secs(60), || {
         status(&status_file).is_some_and(|s| s["connection"]["state"] == "connected")
@@ -387,17 +410,18 @@ fn rate_case(a: &Args, run_dir: &Path) -> Run {
         cpu_pct: 100.0 * cpu.as_secs_f64() / steady.as_secs_f64(),
         peak_rss_kib: peak,
         rss_kib: rss,
+        collector_cpu_pct: 0.0,
     }
 }
 
 /// A fresh agent with nothing to do.
-fn idle_case(run_dir: &Path) -> Run {
+fn idle_case(a: &Args, run_dir: &Path) -> Run {
     const SETTLE: Duration = Duration::from_secs(5);
     let collector = CollectorProc::start(run_dir);
     let logs = run_dir.join("logs");
     std::fs::create_dir_all(&logs).expect("logs dir");
     std::fs::write(logs.join("app.log"), b"").expect("log");
-    let (child, status_file) = start_agent(run_dir, &logs.join("*.log"), Some(&collector), true);
+    let (child, status_file) = start_agent(a, run_dir, &logs.join("*.log"), Some(&collector), true);
     let pid = child.id();
     wait("the agent connected", Duration::from_secs(60), || {
         status(&status_file).is_some_and(|s| s["connection"]["state"] == "connected")
@@ -411,6 +435,7 @@ fn idle_case(run_dir: &Path) -> Run {
         cpu_pct: 100.0 * cpu.as_secs_f64() / SETTLE.as_secs_f64(),
         peak_rss_kib: proc_kib(pid, "VmHWM:"),
         rss_kib: proc_kib(pid, "VmRSS:"),
+        collector_cpu_pct: 0.0,
     };
     stop(child);
     run
@@ -439,6 +464,10 @@ fn report(name: &str, runs: &[Run]) -> String {
     let _ = write!(o, "  peak RSS {:.1} MiB (max {:.1})", peak / 1024.0, peak_hi / 1024.0);
     if rss > 0.0 {
         let _ = write!(o, "  RSS {:.1} MiB", rss / 1024.0);
+    }
+    let (collector, _, _) = m(|r| r.collector_cpu_pct);
+    if collector > 0.0 {
+        let _ = write!(o, "  (collector cpu {collector:.0}%)");
     }
     o
 }
@@ -519,7 +548,7 @@ fn main() {
             .map(|i| {
                 let dir = root.path().join(format!("idle-{i}"));
                 std::fs::create_dir_all(&dir).expect("run dir");
-                let r = idle_case(&dir);
+                let r = idle_case(&a, &dir);
                 let _ = std::fs::remove_dir_all(&dir);
                 r
             })

@@ -474,8 +474,16 @@ impl Batcher {
         Ok(())
     }
 
+    /// fsyncs the spool's new data, outside the spool lock so the shipper
+    /// is not held up by the disk.
     fn sync(&mut self, now: Instant) {
-        if let Err(e) = lock(&self.spool).sync() {
+        let files = lock(&self.spool).unsynced_files();
+        let result = files.and_then(|files| {
+            files.into_iter().try_for_each(|(path, f)| {
+                f.sync_data().map_err(|source| SpoolError::Io { op: "fsync", path, source })
+            })
+        });
+        if let Err(e) = result {
             tracing::warn!(error = %e, "spool fsync failed");
             self.shared.batcher.last_error.set(&e);
         }

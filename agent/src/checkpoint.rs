@@ -240,6 +240,17 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_are_not_utf8_keep_exact_checkpoints() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/l/caf\xe9.log"));
+        let mut t = Table::default();
+        t.set("app", Checkpoint { path: path.clone(), ..cp(5, 10) });
+        let meta = t.meta_with("logs", []).expect("meta");
+        let back = Table::from_meta(&meta).expect("parse");
+        assert_eq!(back.for_input("app")[0].path, path);
+    }
+
+    #[test]
     fn forget_removes_and_newest_wins() {
         let mut t = Table::default();
         t.set("app", cp(5, 10));

@@ -59,6 +59,13 @@ pub enum RunError {
     /// The spool's instance id could not be read or made.
     #[error(transparent)]
     Producer(#[from] producer::ProducerError),
+    /// A component stopped while the agent was running (a bug; the log
+    /// holds its panic message).
+    #[error("{component} stopped unexpectedly")]
+    Died {
+        /// Which one.
+        component: String,
+    },
     /// A thread could not be started.
     #[error("starting the {what} thread: {source}")]
     Thread {
@@ -77,7 +84,8 @@ pub enum RunError {
 /// # Errors
 /// Start-up failures: unusable TLS files, a spool that cannot be opened, a
 /// thread that cannot be started. Once running, errors are reported in the
-/// status and the log, and the agent goes on.
+/// status and the log, and the agent goes on; only a component that stops
+/// unexpectedly (a panic) ends it early, with [`RunError::Died`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     tls::install_default_provider();
     let tls = match &config.collector.tls {
@@ -188,8 +196,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
     };
 
-    shutdown.await;
-    tracing::info!("stopping");
+    // Wait for the stop signal, watching that no component died (a bug):
+    // then the agent stops with an error, and its supervisor restarts it.
+    tokio::pin!(shutdown);
+    let mut watch = tokio::time::interval(WATCHDOG_INTERVAL);
+    let died = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            _ = watch.tick() => {
+                if batcher.is_finished() {
+                    break Some("the batcher".to_owned());
+                }
+                if shipper.is_finished() {
+                    break Some("the shipper".to_owned());
+                }
+                if let Some(i) = inputs.iter().position(std::thread::JoinHandle::is_finished) {
+                    break Some(format!("input {:?}", reporter.config.inputs[i].name));
+                }
+            }
+        }
+    };
+    match &died {
+        None => tracing::info!("stopping"),
+        Some(what) => {
+            tracing::error!(component = %what, "a component stopped unexpectedly; stopping")
+        }
+    }
     shared.shutdown.trigger();
     let joined = tokio::task::spawn_blocking(move || {
         for h in inputs {
@@ -202,8 +234,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = status_task.await;
     reporter.write(&shared, &spool);
     tracing::info!("stopped");
-    Ok(())
+    match died {
+        None => Ok(()),
+        Some(component) => Err(RunError::Died { component }),
+    }
 }
+
+/// How often [`run`] checks that its threads and tasks are alive.
+const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds and writes the status file.
 #[derive(Debug, Clone)]

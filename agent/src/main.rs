@@ -60,7 +60,16 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "weir-agent: {e:#}");
+            // Error messages here already carry their cause's text; add a
+            // cause only when it says something new.
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message = format!("{message}: {cause}");
+                }
+            }
+            let _ = writeln!(std::io::stderr(), "weir-agent: {message}");
             ExitCode::FAILURE
         }
     }

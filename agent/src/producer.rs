@@ -48,8 +48,9 @@ pub enum ProducerError {
 }
 
 /// Reads the spool's instance id, making one if the file does not exist.
-/// `had_entries` says whether the spool already holds data (a missing id then
-/// is worth a warning: those entries will be sent under the new id).
+/// `had_entries` says whether the spool was used before (a missing id then is
+/// worth a warning; entries already spooled keep the producer id they were
+/// encoded with, so nothing is mistaken either way).
 ///
 /// # Errors
 /// File errors, or a file that does not hold an instance id.
@@ -67,7 +68,7 @@ pub fn instance_id(spool_dir: &Path, had_entries: bool) -> Result<String, Produc
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let id = format!("{:016x}", rand::random::<u64>());
             if had_entries {
-                tracing::warn!(path = %path.display(), "spool has entries but no instance id; they are sent under a new one");
+                tracing::warn!(path = %path.display(), "spool has history but no instance id: new batches get a new producer id");
             }
             write_atomically(&path, format!("{id}\n").as_bytes())
                 .map_err(|source| ProducerError::Io { path: path.clone(), source })?;

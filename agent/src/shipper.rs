@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::SeedableRng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
@@ -138,8 +139,6 @@ pub async fn run(setup: ShipperSetup, spool: Arc<Mutex<Spool>>, shared: Arc<Shar
     shared.shipper.set_state(ConnState::Stopped);
     shared.shipper.connected_since_ms.store(0, Ordering::Relaxed);
 }
-
-use rand::SeedableRng;
 
 struct Shipper<'a> {
     setup: &'a ShipperSetup,

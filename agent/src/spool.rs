@@ -508,15 +508,30 @@ impl Spool {
     /// # Errors
     /// The sync failed.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        for (first, f) in std::mem::take(&mut self.unsynced) {
-            if self.segments.iter().any(|s| s.first_seq == first) {
-                f.sync_data().map_err(io_err("fsync", &segment_path(&self.dir, first)))?;
-            }
-        }
-        if let (Some(f), Some(seg)) = (&self.active, self.segments.last()) {
-            f.sync_data().map_err(io_err("fsync", &segment_path(&self.dir, seg.first_seq)))?;
+        for (path, f) in self.unsynced_files()? {
+            f.sync_data().map_err(io_err("fsync", &path))?;
         }
         Ok(())
+    }
+
+    /// Handles of the files [`sync`](Self::sync) would fsync, for a caller
+    /// that syncs them without holding the spool (an fsync can take long;
+    /// reads and acknowledgements need not wait for it).
+    ///
+    /// # Errors
+    /// The active segment's handle could not be duplicated.
+    pub fn unsynced_files(&mut self) -> Result<Vec<(PathBuf, File)>, SpoolError> {
+        let mut files: Vec<(PathBuf, File)> = std::mem::take(&mut self.unsynced)
+            .into_iter()
+            .filter(|(first, _)| self.segments.iter().any(|s| s.first_seq == *first))
+            .map(|(first, f)| (segment_path(&self.dir, first), f))
+            .collect();
+        if let (Some(f), Some(seg)) = (&self.active, self.segments.last()) {
+            let path = segment_path(&self.dir, seg.first_seq);
+            let dup = f.try_clone().map_err(io_err("duplicate", &path))?;
+            files.push((path, dup));
+        }
+        Ok(files)
     }
 
     /// Marks every entry below `below` as acknowledged and deletes segments

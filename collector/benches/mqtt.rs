@@ -7,10 +7,16 @@
 //! cargo bench -p weir-collector --bench mqtt -- --filter qos1-100B   # one case
 //! cargo bench -p weir-collector --bench mqtt -- --runs 5 --seconds 5 --mosquitto 127.0.0.1:1883 \
 //!     --dir /path/on/the/disk --shards 2 --fsync always
+//! cargo bench -p weir-collector --bench mqtt -- --filter qos1 --connections 256 --window 16 --payload 512
 //! ```
 //!
+//! `--connections`, `--window` (publishes in flight per connection) and
+//! `--payload` (bytes per message, per record for batches) override every
+//! selected case; `--mosquitto off` runs Weir alone.
+//!
 //! The collector is the release binary, started as its own process on an
-//! empty data directory (default `target/bench-mqtt`, which must be on the
+//! empty data directory (default `target/tmp/bench-mqtt` in the workspace's
+//! target directory, never inside the source tree; it must be on the
 //! disk under test) with fsync `always`. Mosquitto is the broker already
 //! running at `--mosquitto` (plain); for the TLS cases a second Mosquitto is
 //! started on a free port with a certificate from a throwaway development
@@ -62,6 +68,9 @@ struct Args {
     dir: PathBuf,
     shards: u32,
     fsync: String,
+    connections: Option<usize>,
+    window: Option<usize>,
+    payload: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,9 +79,14 @@ fn parse_args() -> Result<Args, String> {
         seconds: 3.0,
         filter: None,
         mosquitto: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
-        dir: PathBuf::from("target/bench-mqtt"),
+        // Cargo runs benches from the package directory: a relative path would
+        // land in the source tree.
+        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-mqtt"),
         shards: 2,
         fsync: "always".into(),
+        connections: None,
+        window: None,
+        payload: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -96,6 +110,19 @@ fn parse_args() -> Result<Args, String> {
                 args.shards = value("--shards")?.parse().map_err(|e| format!("--shards: {e}"))?
             }
             "--fsync" => args.fsync = value("--fsync")?,
+            "--connections" => {
+                args.connections = Some(
+                    value("--connections")?.parse().map_err(|e| format!("--connections: {e}"))?,
+                )
+            }
+            "--window" => {
+                args.window =
+                    Some(value("--window")?.parse().map_err(|e| format!("--window: {e}"))?)
+            }
+            "--payload" => {
+                args.payload =
+                    Some(value("--payload")?.parse().map_err(|e| format!("--payload: {e}"))?)
+            }
             // cargo bench passes --bench; ignore flags we do not know.
             _ => {}
         }
@@ -207,9 +234,15 @@ fn main() {
 // The report is the benchmark's output.
 #[allow(clippy::print_stdout)]
 async fn bench(args: Args) -> Result<(), String> {
-    let cases: Vec<&Case> = CASES
+    let cases: Vec<Case> = CASES
         .iter()
         .filter(|c| args.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+        .map(|c| Case {
+            connections: args.connections.unwrap_or(c.connections).max(1),
+            window: args.window.unwrap_or(c.window).max(1),
+            payload: args.payload.unwrap_or(c.payload),
+            ..c.clone()
+        })
         .collect();
     if cases.is_empty() {
         return Err("no case matches the filter".into());
@@ -238,7 +271,17 @@ async fn bench(args: Args) -> Result<(), String> {
         "{:<16} {:<10} {:>26} {:>14} {:>18} {:>18}",
         "case", "target", "acked msg/s", "records/s", "MB/s", "p50 / p99 ms"
     );
-    for case in cases {
+    for case in &cases {
+        println!(
+            "  {}: {} connections, {} in flight each, {} B{}",
+            case.name,
+            case.connections,
+            case.window,
+            case.payload,
+            if case.mode == Mode::Batch { " per record, 100 records per publish" } else { "" }
+        );
+    }
+    for case in &cases {
         let mut targets: Vec<Target> = Vec::new();
         if case.tls {
             targets.push(weir_tls.clone());

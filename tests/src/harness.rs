@@ -261,13 +261,17 @@ impl Agent {
         serde_json::from_str(&text).ok()
     }
 
-    /// Waits until the status file satisfies `cond`; `false` on timeout.
+    /// Waits until the status file, written by the running process (not
+    /// left by an earlier one), satisfies `cond`; `false` on timeout.
     pub fn wait_status(
         &self,
         timeout: Duration,
         mut cond: impl FnMut(&serde_json::Value) -> bool,
     ) -> bool {
-        wait_for(timeout, || self.status().is_some_and(|s| cond(&s)))
+        let pid = self.pid().map(u64::from);
+        wait_for(timeout, || {
+            self.status().is_some_and(|s| (pid.is_none() || s["pid"].as_u64() == pid) && cond(&s))
+        })
     }
 
     /// Waits until the running process has written a status since it

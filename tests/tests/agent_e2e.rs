@@ -218,7 +218,7 @@ fn kill_9_at_random_moments_under_steady_writes_ships_every_line_exactly_once() 
     let seed = std::env::var("WEIR_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>());
+        .unwrap_or_else(rand::random::<u64>);
     eprintln!("kill -9 test seed: {seed} (WEIR_KILL_SEED={seed} replays it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     agent.start();
@@ -281,7 +281,7 @@ fn while_the_collector_is_down_the_agent_spools_then_drains_everything() {
                 && s["pending_records"] == 0
                 && s["spool"]["entries"].as_u64().unwrap_or(0) > 0
                 && s["connection"]["state"] != "connected"
-                && !status::connection_error(&s).is_empty()
+                && !status::connection_error(s).is_empty()
         }),
         "the agent did not spool everything while the collector was down\n{}",
         agent.report()
@@ -616,4 +616,152 @@ fn an_unreadable_file_and_a_vanishing_file_do_not_stop_the_other_inputs() {
     if let Err(e) = check_exactly_once(&got, 1, 100) {
         panic!("gone.log: {e}\n{}", failure(&agent, &w.collector));
     }
+}
+
+#[test]
+fn host_metrics_arrive_as_one_json_record_per_sample() {
+    let mut w = world("metrics-dev");
+    let extra = format!(
+        "{FAST_BATCH}[[inputs]]\nkind = \"metrics\"\ninterval_ms = 1000\nstream = \"metrics\"\n\
+         partition_key = \"{{device_id}}/{{metric}}\"\n"
+    );
+    let mut agent = w.agent("metrics-dev", extra);
+    agent.start();
+    // Two samples: the second has CPU figures over a whole interval.
+    assert!(
+        agent.wait_status(SHIP_TIMEOUT, |s| {
+            let sampled = status::input_records(s, 0);
+            sampled > 0 && s["shipped"]["records"].as_u64() == Some(sampled) && sampled >= 2 * 15
+        }),
+        "no metrics shipped\n{}",
+        failure(&agent, &w.collector)
+    );
+    let got = w.finish(&mut [&mut agent], "metrics");
+    let mut names = std::collections::HashSet::new();
+    for (key, data) in &got {
+        let v: serde_json::Value = serde_json::from_slice(data).expect("a JSON sample");
+        let metric = v["metric"].as_str().expect("metric name");
+        assert!(
+            v["value"].is_number() && v["unit"].is_string() && v["timestamp_ms"].is_u64(),
+            "{v}"
+        );
+        let expected_key = match v["instance"].as_str() {
+            Some(i) => format!("metrics-dev/{metric}:{i}"),
+            None => format!("metrics-dev/{metric}"),
+        };
+        assert_eq!(key, &expected_key);
+        names.insert(metric.to_owned());
+    }
+    for m in [
+        "cpu.usage",
+        "cpu.core.usage",
+        "memory.used",
+        "swap.total",
+        "load.1m",
+        "uptime",
+        "processes",
+    ] {
+        assert!(names.contains(m), "{m} missing from {names:?}");
+    }
+}
+
+#[test]
+fn long_lines_are_split_and_counted_stack_traces_grouped_and_bytes_kept() {
+    let mut w = world("lines-dev");
+    let logs = w.logs("logs");
+    let traces = w.logs("traces");
+    let extra = format!(
+        "{FAST_BATCH}{}max_line_bytes = 100\n{}multiline_start = '^\\d{{4}}-'\nmultiline_timeout_ms = 200\n",
+        file_input("plain", &logs.join("*.log"), "lines"),
+        file_input("traces", &traces.join("*.log"), "traces"),
+    );
+    let mut agent = w.agent("lines-dev", extra);
+    agent.start();
+    // 350 bytes: four pieces. Bytes that are not UTF-8 travel as they are.
+    let long = "L".repeat(350);
+    let mut plain = format!("short\n{long}\n").into_bytes();
+    plain.extend_from_slice(b"bytes \xff\xfe kept\nno newline at the end");
+    std::fs::write(logs.join("app.log"), &plain).expect("write");
+    let trace = "2026-01-01 ERROR failed\njava.io.IOException: boom\n    at A.b(A.java:1)\n\
+                 2026-01-01 INFO recovered\n";
+    std::fs::write(traces.join("app.log"), trace).expect("write");
+    assert!(
+        agent.wait_status(SHIP_TIMEOUT, |s| {
+            status::input_records(s, 0) == 7
+                && status::input_records(s, 1) == 2
+                && status::drained(s)
+        }),
+        "lines not shipped\n{}",
+        failure(&agent, &w.collector)
+    );
+    let s = agent.status().expect("status");
+    assert_eq!(s["inputs"][0]["lines_split"], 4, "{}", agent.report());
+    assert!(agent.log().contains("longer than max_line_bytes"), "the split is logged");
+    let mut got = w.finish(&mut [&mut agent], "lines");
+    let pieces: Vec<Vec<u8>> = got.drain(..).map(|(_, d)| d).collect();
+    let expected: Vec<Vec<u8>> = vec![
+        b"short".to_vec(),
+        vec![b'L'; 100],
+        vec![b'L'; 100],
+        vec![b'L'; 100],
+        vec![b'L'; 50],
+        b"bytes \xff\xfe kept".to_vec(),
+        b"no newline at the end".to_vec(),
+    ];
+    assert_eq!(pieces, expected);
+    let grouped: Vec<String> = read_stream(&w.data_dir, "traces")
+        .into_iter()
+        .map(|(_, d)| String::from_utf8(d).expect("utf8"))
+        .collect();
+    assert_eq!(
+        grouped,
+        vec![
+            "2026-01-01 ERROR failed\njava.io.IOException: boom\n    at A.b(A.java:1)".to_owned(),
+            "2026-01-01 INFO recovered".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn start_at_end_skips_old_lines_of_new_files_but_resumes_known_files_after_a_restart() {
+    let mut w = world("end-dev");
+    let logs = w.logs("logs");
+    let log = logs.join("app.log");
+    let old: String = (0..50).map(|n| line(7, 0, n)).collect();
+    append(&log, &old);
+    let extra = format!(
+        "{FAST_BATCH}{}start_at = \"end\"\n",
+        file_input("app", &logs.join("*.log"), "end")
+    );
+    let mut agent = w.agent("end-dev", extra);
+    agent.start();
+    let path = log.display().to_string();
+    let len = old.len() as u64;
+    assert!(
+        agent.wait_status(NOTICE_TIMEOUT, |s| status::spooled_offset(s, 0, &path) == Some(len)),
+        "the file was not followed from its end\n{}",
+        failure(&agent, &w.collector)
+    );
+    let fresh: String = (0..10).map(|n| line(0, 0, n)).collect();
+    append(&log, &fresh);
+    assert!(
+        agent.wait_status(SHIP_TIMEOUT, |s| s["shipped"]["records"] == 10 && status::drained(s)),
+        "new lines not shipped\n{}",
+        failure(&agent, &w.collector)
+    );
+    assert!(agent.stop(Duration::from_secs(30)).is_some(), "agent did not stop");
+    // Written while the agent is stopped: the file is known, so these ship.
+    let more: String = (10..20).map(|n| line(0, 0, n)).collect();
+    append(&log, &more);
+    agent.start();
+    assert!(
+        agent.wait_status(SHIP_TIMEOUT, |s| s["shipped"]["records"] == 10 && status::drained(s)),
+        "lines written while stopped not shipped\n{}",
+        failure(&agent, &w.collector)
+    );
+    let got = w.finish(&mut [&mut agent], "end");
+    if let Err(e) = check_exactly_once(&got, 0, 20) {
+        panic!("{e}\n{}", failure(&agent, &w.collector));
+    }
+    assert!(got.iter().all(|(_, d)| !d.starts_with(b"w7")), "old lines were shipped");
 }

@@ -446,3 +446,48 @@ async fn per_shard_write_limits_answer_quota_exceeded() {
     let records = stop_and_read(&mut c, "limited").await.expect("limited");
     assert_eq!(records.len(), ok, "exactly the acknowledged records are stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_are_appended_when_a_client_goes_away_without_disconnect() {
+    let mut c = start(&[]);
+    let plain = addr(&c, "mqtt");
+    let connect = |id: &str, keep_alive: u16| {
+        let mut connect = rumqttc::Connect::new(id);
+        connect.keep_alive = keep_alive;
+        connect.last_will = Some(rumqttc::LastWill::new(
+            format!("weir/wills/{id}"),
+            "offline",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+        ));
+        rumqttc::Packet::Connect(connect)
+    };
+    // Socket dropped: the will is appended.
+    let mut raw = Raw::connect(plain).await;
+    raw.send4(connect("dropped", 60)).await;
+    assert!(matches!(raw.recv4().await, Some(rumqttc::Packet::ConnAck(_))));
+    drop(raw);
+    // Clean DISCONNECT: no will.
+    let mut raw = Raw::connect(plain).await;
+    raw.send4(connect("polite", 60)).await;
+    assert!(matches!(raw.recv4().await, Some(rumqttc::Packet::ConnAck(_))));
+    raw.send4(rumqttc::Packet::Disconnect).await;
+    assert!(raw.closed().await);
+    // Silent past 1.5 x keep-alive: closed by the server, will appended.
+    let mut raw = Raw::connect(plain).await;
+    raw.send4(connect("silent", 1)).await;
+    assert!(matches!(raw.recv4().await, Some(rumqttc::Packet::ConnAck(_))));
+    let started = std::time::Instant::now();
+    assert!(raw.closed().await, "keep-alive not enforced");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "closed too early");
+    // Shutdown waits for each connection's task, wills included.
+    let seen = weir_tests::harness::wait_for(Duration::from_secs(10), || {
+        c.log().contains("keep-alive expired")
+    });
+    assert!(seen, "{}", c.report());
+    let records = stop_and_read(&mut c, "wills").await.expect("wills");
+    let mut keys: Vec<&str> = records.iter().map(|r| r.record.partition_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, vec!["dropped", "silent"]);
+    assert!(records.iter().all(|r| &r.record.data[..] == b"offline"));
+}

@@ -20,14 +20,15 @@
 //! placeholder of a partition key template is the metric name, followed by
 //! `:<instance>` when there is one.
 //!
-//! Samples follow a fixed schedule (start + k × interval), skipping ticks
-//! missed while the batcher was not reading (`block` policy, full spool).
+//! The first sample comes after a second, then one every interval, skipping
+//! ticks missed while the batcher was not reading (`block` policy, full
+//! spool).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sysinfo::{Disks, Networks, System};
@@ -37,6 +38,9 @@ use crate::event::{Chunk, Event};
 use crate::stats::{Shared, now_ms};
 use crate::template::{KeyContext, KeyTemplate};
 
+/// The first sample comes this soon (or after one interval, if shorter):
+/// CPU figures need two readings, and a new agent should show data quickly.
+const FIRST_SAMPLE_AFTER: Duration = Duration::from_secs(1);
 /// Where Linux exposes thermal zones.
 const THERMAL_DIR: &str = "/sys/class/thermal";
 
@@ -241,10 +245,8 @@ fn run(task: &MetricsTask, tx: &SyncSender<Event>, shared: &Shared) {
     tracing::info!(input = %task.name, interval = ?task.config.interval, "metrics input started");
     let mut sampler = Sampler::new();
     let interval = task.config.interval;
-    let start = Instant::now();
-    let mut tick: u32 = 1;
+    let mut next = Instant::now() + interval.min(FIRST_SAMPLE_AFTER);
     loop {
-        let next = start + interval * tick;
         if shared.shutdown.wait_timeout(next.saturating_duration_since(Instant::now())) {
             break;
         }
@@ -256,9 +258,13 @@ fn run(task: &MetricsTask, tx: &SyncSender<Event>, shared: &Shared) {
         if tx.send(Event::Records(c)).is_err() {
             break;
         }
+        next += interval;
         // Skip the ticks missed while the send waited.
-        let elapsed = start.elapsed();
-        tick = tick.max((elapsed.as_nanos() / interval.as_nanos().max(1)) as u32 + 1);
+        let now = Instant::now();
+        if next < now {
+            let missed = (now - next).as_nanos() / interval.as_nanos().max(1) + 1;
+            next += interval * u32::try_from(missed).unwrap_or(u32::MAX);
+        }
     }
     tracing::info!(input = %task.name, "metrics input stopped");
 }
@@ -267,7 +273,6 @@ fn run(task: &MetricsTask, tx: &SyncSender<Event>, shared: &Shared) {
 mod tests {
     use super::*;
     use crate::template::Placeholders;
-    use std::time::Duration;
 
     #[test]
     fn a_sample_covers_the_host() {

@@ -22,7 +22,8 @@
 //! body is read. When the disk is slower than the network, the store's
 //! bounded shard queues make appends wait, windows stop completing, and the
 //! connections stop reading: TCP flow control pushes back on the clients and
-//! memory stays bounded.
+//! memory stays bounded. A packet must be complete [`PACKET_TIMEOUT`] after
+//! its first byte, so a stalled client cannot hold budget forever.
 //!
 //! # Refusals
 //!
@@ -156,12 +157,12 @@ pub async fn serve<S, IO>(
         }
         Ok(Err(FirstFrame::Protocol(e))) => {
             tracing::warn!(%peer, error = %e, "refused connection: bad first packet");
-            let _ = io.shutdown().await;
+            close(&mut io).await;
             return;
         }
         Err(_) => {
             tracing::warn!(%peer, timeout = ?CONNECT_TIMEOUT, "refused connection: no CONNECT in time");
-            let _ = io.shutdown().await;
+            close(&mut io).await;
             return;
         }
     };
@@ -179,12 +180,12 @@ pub async fn serve<S, IO>(
                 ConnackProps::default(),
             );
             let _ = write_out(&mut io, &mut out).await;
-            let _ = io.shutdown().await;
+            close(&mut io).await;
             return;
         }
         Err(e) => {
             tracing::warn!(%peer, error = %e, "refused connection: not an MQTT CONNECT");
-            let _ = io.shutdown().await;
+            close(&mut io).await;
             return;
         }
     };
@@ -192,7 +193,11 @@ pub async fn serve<S, IO>(
         Ok(info) => info,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "refused connection: malformed CONNECT");
-            refuse(&mut io, version, e.reason(), e.to_string()).await;
+            // MQTT 3.1.1 closes without a CONNACK; MQTT 5 says why first.
+            match version {
+                Version::V4 => close(&mut io).await,
+                Version::V5 => refuse(&mut io, version, e.reason(), e.to_string()).await,
+            }
             return;
         }
     };
@@ -408,6 +413,11 @@ async fn refuse<IO: AsyncWrite + Unpin>(
     let props = ConnackProps { reason_string: Some(message), ..ConnackProps::default() };
     packet::write_connack(&mut out, version, reason, false, props);
     let _ = write_out(io, &mut out).await;
+    close(io).await;
+}
+
+/// Shuts the connection down (TLS: close_notify), bounded in time.
+async fn close<IO: AsyncWrite + Unpin>(io: &mut IO) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, io.shutdown()).await;
 }
 
@@ -767,7 +777,7 @@ where
         }
         if !matches!(close, Close::Io(_)) {
             let _ = write_out(&mut self.io, &mut self.out).await;
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, self.io.shutdown()).await;
+            self::close(&mut self.io).await;
         }
         if publish_will && let Some(will) = will {
             self.publish_will(will).await;
