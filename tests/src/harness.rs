@@ -85,9 +85,11 @@ impl Collector {
         let log = File::create(&log_path).expect("log file");
         let mut cmd = Command::new(&bin);
         cmd.arg("serve").arg("--data-dir").arg(data_dir).arg("--ready-file").arg(&ready_path);
-        // Never the default 0.0.0.0:8883 in tests: a free loopback port, read
-        // back from the ready file. `extra` may override it (last flag wins).
+        // Never the default ports (0.0.0.0:8883, 127.0.0.1:4567) in tests: free
+        // loopback ports, read back from the ready file, so tests running in
+        // parallel never collide. `extra` may override them (last flag wins).
         cmd.arg("--mqtts-listen").arg("127.0.0.1:0");
+        cmd.arg("--http-listen").arg("127.0.0.1:0");
         cmd.args(extra);
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let command_line = format!("{cmd:?}");
