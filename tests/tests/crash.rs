@@ -86,7 +86,8 @@ async fn acknowledged_records_survive_kill_9() {
                 }
                 for r in batch.records {
                     let data = String::from_utf8(r.data.to_vec()).expect("utf8 data");
-                    let prev = found.insert(r.sequence.to_string(), (r.partition_key, data));
+                    let prev =
+                        found.insert(r.sequence.to_string(), (r.partition_key.to_string(), data));
                     assert!(prev.is_none(), "duplicate sequence number");
                 }
                 pos = batch.next;

@@ -237,7 +237,10 @@ async fn acls_limit_each_identity_to_its_topics_and_keys() {
     let mut got: Vec<(String, String)> = telemetry
         .iter()
         .map(|r| {
-            (r.record.partition_key.clone(), String::from_utf8_lossy(&r.record.data).into_owned())
+            (
+                r.record.partition_key.to_string(),
+                String::from_utf8_lossy(&r.record.data).into_owned(),
+            )
         })
         .collect();
     got.sort();

@@ -122,7 +122,7 @@ fn check(records: &[Read], expected: &[(String, String)], shards: u64) {
     let mut got: HashMap<(String, String), usize> = HashMap::new();
     let mut order: HashMap<String, Vec<String>> = HashMap::new();
     for r in records {
-        let key = r.record.partition_key.clone();
+        let key = r.record.partition_key.to_string();
         let data = String::from_utf8(r.record.data.to_vec()).expect("utf-8");
         assert_eq!(r.shard, shard_of(&key, shards), "{key} in the wrong shard");
         order.entry(key.clone()).or_default().push(data.clone());

@@ -95,7 +95,7 @@ async fn acknowledged_qos1_publishes_survive_sigkill_in_order_per_key() {
         let text = String::from_utf8(r.record.data.to_vec()).expect("utf-8");
         let (key, seq) = text.split_once(':').expect("key:seq");
         let seq: u64 = seq.parse().expect("seq");
-        assert_eq!(key, r.record.partition_key);
+        assert_eq!(key, &*r.record.partition_key);
         assert_eq!(r.shard, shard_of(key, 2), "{key} in the wrong shard");
         let id = (key.to_owned(), seq);
         assert!(!unsent.contains(&id), "{id:?} was never sent but is stored");

@@ -83,7 +83,7 @@ async fn every_client_kind_lands_records_in_the_right_stream_and_shard() {
     assert_eq!(records.len(), clients.len() * PER_CLIENT, "{}", c.report());
     let mut last_index: HashMap<String, usize> = HashMap::new();
     for r in &records {
-        let key = r.record.partition_key.clone();
+        let key = r.record.partition_key.to_string();
         let data = String::from_utf8(r.record.data.to_vec()).expect("utf-8 data");
         let n = expected.get_mut(&(key.clone(), data.clone()));
         assert!(n.is_some_and(|n| std::mem::take(n) == 1), "unexpected or duplicate {key} {data}");
@@ -163,14 +163,11 @@ payload = "batch"
     assert_eq!(&tasmota[0].record.data[..], br#"{"Power":12}"#);
     let site = read("site-a").await.expect("site-a");
     assert_eq!(
-        (site[0].record.partition_key.as_str(), &site[0].record.data[..]),
+        (&*site[0].record.partition_key, &site[0].record.data[..]),
         ("gw-7", &b"uplink"[..])
     );
     let fw = read("firmware").await.expect("firmware");
-    assert_eq!(
-        (fw[0].record.partition_key.as_str(), &fw[0].record.data[..]),
-        ("sensor-a", &b"21.5C"[..])
-    );
+    assert_eq!((&*fw[0].record.partition_key, &fw[0].record.data[..]), ("sensor-a", &b"21.5C"[..]));
     let agents = read("agents").await.expect("agents");
     assert_eq!(agents.len(), 101, "the re-sent batch is not appended twice");
     let mut by_data: HashMap<Vec<u8>, &Read> = HashMap::new();
@@ -186,7 +183,7 @@ payload = "batch"
     let mut last: HashMap<&str, usize> = HashMap::new();
     for r in agents.iter().filter(|r| r.record.data.starts_with(b"line ")) {
         let i: usize = std::str::from_utf8(&r.record.data[5..]).expect("utf-8").parse().expect("n");
-        if let Some(prev) = last.insert(r.record.partition_key.as_str(), i) {
+        if let Some(prev) = last.insert(&*r.record.partition_key, i) {
             assert!(prev < i);
         }
     }
@@ -242,7 +239,7 @@ async fn refusals_get_reason_codes_in_v5_and_close_v311_connections() {
 
     let records = stop_and_read(&mut c, "known").await.expect("known");
     let stored: Vec<(&str, &[u8])> =
-        records.iter().map(|r| (r.record.partition_key.as_str(), &r.record.data[..])).collect();
+        records.iter().map(|r| (&*r.record.partition_key, &r.record.data[..])).collect();
     assert_eq!(stored, vec![("k1", &b"ok1"[..]), ("k3", b"ok2"), ("k4", b"ok3")]);
     assert!(read_stream(&c.data_dir, "unknown").await.is_none(), "no stream was created");
 }
@@ -332,7 +329,7 @@ async fn topic_aliases_resolve_and_invalid_ones_disconnect() {
     assert!(raw.closed().await);
     let records = stop_and_read(&mut c, "alias").await.expect("alias");
     let got: Vec<(&str, &[u8])> =
-        records.iter().map(|r| (r.record.partition_key.as_str(), &r.record.data[..])).collect();
+        records.iter().map(|r| (&*r.record.partition_key, &r.record.data[..])).collect();
     assert_eq!(got, vec![("k", &b"first"[..]), ("k", b"second")]);
 }
 
@@ -486,7 +483,7 @@ async fn wills_are_appended_when_a_client_goes_away_without_disconnect() {
     });
     assert!(seen, "{}", c.report());
     let records = stop_and_read(&mut c, "wills").await.expect("wills");
-    let mut keys: Vec<&str> = records.iter().map(|r| r.record.partition_key.as_str()).collect();
+    let mut keys: Vec<&str> = records.iter().map(|r| &*r.record.partition_key).collect();
     keys.sort_unstable();
     assert_eq!(keys, vec!["dropped", "silent"]);
     assert!(records.iter().all(|r| &r.record.data[..] == b"offline"));

@@ -379,7 +379,7 @@ pub(super) async fn get<S: StreamStore>(
                 sequence_number: r.sequence.to_string(),
                 approximate_arrival_timestamp: Timestamp::from_ms(r.arrival_ms),
                 data: Blob(r.data),
-                partition_key: r.partition_key,
+                partition_key: r.partition_key.to_string(),
             })
             .collect(),
         next_shard_iterator,

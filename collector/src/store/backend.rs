@@ -9,6 +9,7 @@
 use std::future::Future;
 
 use bytes::Bytes;
+pub use bytestring::ByteString;
 use weir_wire::HashRange;
 
 use super::catalog::StreamStatus;
@@ -16,7 +17,16 @@ use super::error::StoreError;
 pub use super::producer::ProducerBatch;
 use super::segment::RecordIn;
 use super::sequence::SequenceNumber;
-pub use super::shard::ReadLimits;
+
+/// Limits of one read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Most records returned.
+    pub max_records: usize,
+    /// Most data bytes returned (at least one record is returned if any is
+    /// available, whatever its size).
+    pub max_bytes: usize,
+}
 
 /// A record to append.
 pub type NewRecord = RecordIn;
@@ -156,8 +166,8 @@ pub struct StoredRecord {
     pub sequence: SequenceNumber,
     /// Arrival time assigned by the store, ms since the Unix epoch.
     pub arrival_ms: u64,
-    /// Partition key.
-    pub partition_key: String,
+    /// Partition key (a `str` that shares the read buffer).
+    pub partition_key: ByteString,
     /// Data blob.
     pub data: Bytes,
     /// The producer's explicit hash key, if it gave one.

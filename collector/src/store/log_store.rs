@@ -29,7 +29,7 @@ use weir_wire::HashRange;
 use super::backend::{
     Appended, CreateStreamOptions, MAX_RETENTION_HOURS, MAX_SHARDS_PER_STREAM, MIN_RETENTION_HOURS,
     NewRecord, ReadBatch, ReadLimits, SettingsChange, ShardLifetime, ShardPosition,
-    StartingPosition, StoredRecord, StreamDescription, StreamDetails, StreamSettings, StreamStore,
+    StartingPosition, StreamDescription, StreamDetails, StreamSettings, StreamStore,
 };
 use super::catalog::{
     Catalog, MAX_TAGS_PER_STREAM, ShardMeta, StreamMeta, StreamStatus, shard_dir,
@@ -39,7 +39,7 @@ use super::config::StoreConfig;
 use super::error::StoreError;
 use super::producer::{MAX_PRODUCER_ID_BYTES, ProducerBatch, ProducerTable};
 use super::router::Routing;
-use super::shard::{ShardShared, parse_shard_id, sequence_of, shard_id};
+use super::shard::{ShardShared, parse_shard_id, shard_id};
 use super::stream::{ShardHandle, StreamState, children_of, describe};
 use super::throttle::WriteLimiter;
 use super::writer::Writer;
@@ -540,7 +540,6 @@ impl StreamStore for LogStore {
         })?;
         let shared = handle.shared.clone();
         let read = blocking(move || shared.read(from.offset, limits)).await?;
-        let index = from.shard_index;
         let last_arrival = read.records.last().map(|r| r.arrival_ms);
         let caught_up = read.next_offset >= read.end_offset;
         let millis_behind_latest = match (caught_up, last_arrival) {
@@ -551,18 +550,7 @@ impl StreamStore for LogStore {
             Some((end, children)) if read.next_offset >= end => Some(children),
             _ => None,
         };
-        let records = read
-            .records
-            .into_iter()
-            .map(|r| StoredRecord {
-                sequence: sequence_of(index, r.offset),
-                arrival_ms: r.arrival_ms,
-                partition_key: r.partition_key,
-                data: r.data,
-                explicit_hash_key: r.explicit_hash_key,
-                producer_timestamp_ms: r.producer_timestamp_ms,
-            })
-            .collect();
+        let records = read.records;
         Ok(ReadBatch {
             records,
             next: ShardPosition { offset: read.next_offset, ..from },

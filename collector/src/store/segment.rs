@@ -85,6 +85,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
+use bytestring::ByteString;
 
 use weir_wire::MAX_PRODUCER_ID_BYTES;
 
@@ -174,8 +175,8 @@ pub struct RecordOut {
     pub offset: u64,
     /// Arrival time assigned by the collector, ms since the Unix epoch.
     pub arrival_ms: u64,
-    /// Partition key.
-    pub partition_key: String,
+    /// Partition key (shares the batch's buffer, like `data`).
+    pub partition_key: ByteString,
     /// The data blob.
     pub data: Bytes,
     /// The producer's explicit hash key, if it gave one.
@@ -317,8 +318,38 @@ pub fn decode_batch_with_tags(
     batch: Bytes,
     from_offset: u64,
     max_records: usize,
-    mut tag: impl FnMut(&str, u64),
+    tag: impl FnMut(&str, u64),
 ) -> Result<(BatchHeader, Vec<RecordOut>), &'static str> {
+    let mut out = Vec::new();
+    let header = decode_batch_into(batch, from_offset, max_records, tag, &mut out, |r| r)?;
+    Ok((header, out))
+}
+
+/// Appends `map(record)` for each decoded record to `out`; on error `out` is
+/// left as it was, so nothing of a damaged batch is ever handed out.
+fn decode_batch_into<T>(
+    batch: Bytes,
+    from_offset: u64,
+    max_records: usize,
+    mut tag: impl FnMut(&str, u64),
+    out: &mut Vec<T>,
+    mut map: impl FnMut(RecordOut) -> T,
+) -> Result<BatchHeader, &'static str> {
+    let mark = out.len();
+    let result = decode_each(batch, from_offset, max_records, &mut tag, &mut |r| out.push(map(r)));
+    if result.is_err() {
+        out.truncate(mark);
+    }
+    result
+}
+
+fn decode_each(
+    batch: Bytes,
+    from_offset: u64,
+    max_records: usize,
+    tag: &mut impl FnMut(&str, u64),
+    emit: &mut impl FnMut(RecordOut),
+) -> Result<BatchHeader, &'static str> {
     let header = BatchHeader::parse(&batch).ok_or("bad batch header")?;
     if batch.len() != header.batch_len as usize {
         return Err("batch length does not match its header");
@@ -328,7 +359,7 @@ pub fn decode_batch_with_tags(
     }
     let mut body = batch.slice(BATCH_HEADER_BYTES..);
     let skip = from_offset.saturating_sub(header.base_offset);
-    let mut out = Vec::with_capacity((header.record_count as usize).min(max_records));
+    let mut emitted = 0;
     for i in 0..u64::from(header.record_count) {
         if body.remaining() < RECORD_HEADER_BYTES {
             return Err("record header runs past the batch");
@@ -360,14 +391,15 @@ pub fn decode_batch_with_tags(
             let seq = body.get_u64_le();
             tag(std::str::from_utf8(&id).map_err(|_| "producer id is not UTF-8")?, seq);
         }
-        let key = body.split_to(key_len);
-        let data = body.split_to(data_len);
-        if i < skip || out.len() >= max_records {
+        if i < skip || emitted >= max_records {
+            body.advance(key_len + data_len);
             continue;
         }
-        let partition_key =
-            std::str::from_utf8(&key).map_err(|_| "partition key is not UTF-8")?.to_owned();
-        out.push(RecordOut {
+        let key = body.split_to(key_len);
+        let data = body.split_to(data_len);
+        let partition_key = ByteString::try_from(key).map_err(|_| "partition key is not UTF-8")?;
+        emitted += 1;
+        emit(RecordOut {
             offset: header.base_offset + i,
             arrival_ms: header.arrival_ms,
             partition_key,
@@ -379,7 +411,7 @@ pub fn decode_batch_with_tags(
     if body.has_remaining() {
         return Err("bytes after the last record");
     }
-    Ok((header, out))
+    Ok(header)
 }
 
 /// One `.index` entry.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 
+use super::backend::{ReadLimits, StoredRecord};
 use super::error::StoreError;
 use super::producer::{self, ProducerTable};
 use super::recovery::{open_segment, recover_last, recover_producers, recover_sealed, sync_dir};
@@ -147,20 +148,10 @@ pub(crate) struct ShardShared {
     pub(super) producers_at_open: Mutex<ProducerTable>,
 }
 
-/// Limits of one read.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadLimits {
-    /// Most records returned.
-    pub max_records: usize,
-    /// Most data bytes returned (at least one record is returned if any is
-    /// available, whatever its size).
-    pub max_bytes: usize,
-}
-
 /// Records read from a shard.
 #[derive(Debug)]
 pub(crate) struct ShardRead {
-    pub records: Vec<RecordOut>,
+    pub records: Vec<StoredRecord>,
     pub next_offset: u64,
     pub end_offset: u64,
 }
@@ -218,7 +209,9 @@ impl ShardShared {
         let segs = self.segment_snapshot();
         let horizon = segs.first().map_or(end, |s| s.base_offset);
         let mut offset = offset.max(horizon);
-        let mut records = Vec::new();
+        // One allocation for the whole read (bounded: a read is at most
+        // `max_records`, and this caps what is reserved before any is found).
+        let mut records = Vec::with_capacity(limits.max_records.min(RESERVE_RECORDS));
         let mut bytes = 0usize;
         let first_seg = segs.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
         'segments: for seg in segs.iter().skip(first_seg) {
@@ -238,36 +231,54 @@ impl ShardShared {
                 {
                     break 'segments;
                 }
-                let bad =
-                    match read_batch(seg, pos, visible_len).map_err(|e| self.err_segment(e))? {
-                        Ok(batch) => {
-                            let room = limits.max_records - records.len();
-                            match segment::decode_batch(batch, offset, room) {
-                                Ok((h, out)) if h.base_offset == batch_offset => {
-                                    for r in out {
-                                        if bytes >= limits.max_bytes && !records.is_empty() {
-                                            break 'segments;
-                                        }
-                                        bytes += r.data.len() + r.partition_key.len();
-                                        offset = r.offset + 1;
-                                        records.push(r);
+                let bad = match read_batch(seg, pos, visible_len)
+                    .map_err(|e| self.err_segment(e))?
+                {
+                    Ok(batch) => {
+                        let room = limits.max_records - records.len();
+                        let mark = records.len();
+                        let index = self.index;
+                        let decoded = segment::decode_batch(batch, offset, room).map(|(h, out)| {
+                            records.extend(out.into_iter().map(|r| stored_record(index, r)));
+                            h
+                        });
+                        match decoded {
+                            Ok(h) if h.base_offset == batch_offset => {
+                                // The byte limit: stop before the record that
+                                // would start past it (one record always fits).
+                                let mut keep = records.len();
+                                for (j, r) in records.iter().enumerate().skip(mark) {
+                                    if bytes >= limits.max_bytes && j > 0 {
+                                        keep = j;
+                                        break;
                                     }
-                                    batch_offset = h.base_offset + u64::from(h.record_count);
-                                    if offset < batch_offset {
-                                        break 'segments; // limit reached inside the batch
-                                    }
-                                    pos += u64::from(h.batch_len);
-                                    continue;
+                                    bytes += r.data.len() + r.partition_key.len();
                                 }
-                                Ok(_) => Err("batch base offset out of sequence"),
-                                Err(reason) => Err(reason),
+                                records.truncate(keep);
+                                if let Some(last) = records.last()
+                                    && records.len() > mark
+                                {
+                                    offset = last.sequence.offset + 1;
+                                }
+                                batch_offset = h.base_offset + u64::from(h.record_count);
+                                if offset < batch_offset {
+                                    break 'segments; // a limit was reached inside the batch
+                                }
+                                pos += u64::from(h.batch_len);
+                                continue;
                             }
+                            Ok(_) => {
+                                records.truncate(mark);
+                                Err("batch base offset out of sequence")
+                            }
+                            Err(reason) => Err(reason),
                         }
-                        Err(reason) => Err(reason),
                     }
-                    .or_else(|reason| {
-                        self.bad_batch(seg, entries, pos, batch_offset, seg_end, reason, &records)
-                    })?;
+                    Err(reason) => Err(reason),
+                }
+                .or_else(|reason| {
+                    self.bad_batch(seg, entries, pos, batch_offset, seg_end, reason, &records)
+                })?;
                 if matches!(bad, BadBatch::Stop) {
                     break 'segments;
                 }
@@ -293,7 +304,7 @@ impl ShardShared {
         batch_offset: u64,
         seg_end: u64,
         reason: &'static str,
-        records: &[RecordOut],
+        records: &[StoredRecord],
     ) -> Result<BadBatch, StoreError> {
         let next_offset =
             match seg.entry_after_position(pos, entries).map_err(|e| self.err_segment(e))? {
@@ -452,6 +463,21 @@ impl ShardShared {
     /// Whether no record is left (all expired, or none was written).
     pub fn is_drained(&self) -> bool {
         self.read_segments().iter().all(|s| s.is_empty())
+    }
+}
+
+/// Records reserved up front for one read.
+const RESERVE_RECORDS: usize = 16_384;
+
+/// A decoded record as readers get it, with its sequence number.
+fn stored_record(shard_index: u64, r: RecordOut) -> StoredRecord {
+    StoredRecord {
+        sequence: SequenceNumber::new(shard_index, r.offset),
+        arrival_ms: r.arrival_ms,
+        partition_key: r.partition_key,
+        data: r.data,
+        explicit_hash_key: r.explicit_hash_key,
+        producer_timestamp_ms: r.producer_timestamp_ms,
     }
 }
 

@@ -187,7 +187,10 @@ pub fn read_stream(data_dir: &Path, stream: &str) -> Vec<Got> {
                         break;
                     }
                     out.extend(
-                        batch.records.into_iter().map(|r| (r.partition_key, r.data.to_vec())),
+                        batch
+                            .records
+                            .into_iter()
+                            .map(|r| (r.partition_key.to_string(), r.data.to_vec())),
                     );
                     pos = batch.next;
                 }
