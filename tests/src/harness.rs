@@ -371,3 +371,41 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Every record of `stream` in a data directory no process has open, shard
+/// by shard (each shard's records in order), with its shard id; `None` when
+/// the stream does not exist.
+///
+/// # Panics
+/// When the store cannot be opened or read (the test then fails, as it must).
+pub async fn read_stream_records(
+    data_dir: &Path,
+    stream: &str,
+) -> Option<Vec<(String, weir_collector::store::StoredRecord)>> {
+    use weir_collector::store::{LogStore, ReadLimits, StartingPosition, StoreConfig, StreamStore};
+    let store = LogStore::open(data_dir, StoreConfig::default()).await.expect("open the store");
+    let Ok(desc) = store.describe_stream(stream).await else {
+        store.close().await;
+        return None;
+    };
+    let mut out = Vec::new();
+    for shard in &desc.shards {
+        let mut pos = store
+            .position(stream, &shard.shard_id, StartingPosition::TrimHorizon)
+            .await
+            .expect("position");
+        loop {
+            let batch = store
+                .read(stream, pos, ReadLimits { max_records: 10_000, max_bytes: 64 << 20 })
+                .await
+                .expect("read");
+            if batch.records.is_empty() {
+                break;
+            }
+            out.extend(batch.records.into_iter().map(|r| (shard.shard_id.clone(), r)));
+            pos = batch.next;
+        }
+    }
+    store.close().await;
+    Some(out)
+}

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use weir_collector::store::{LogStore, ReadLimits, StartingPosition, StoreConfig, StreamStore};
 use weir_tests::harness::{Agent, Collector};
 
 /// How long an agent may take to ship what a test wrote.
@@ -169,36 +168,12 @@ pub type Got = (String, Vec<u8>);
 /// open, shard by shard in order; empty if the stream does not exist.
 pub fn read_stream(data_dir: &Path, stream: &str) -> Vec<Got> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let store = LogStore::open(data_dir, StoreConfig::default()).await.expect("open the store");
-        let mut out = Vec::new();
-        if let Ok(desc) = store.describe_stream(stream).await {
-            for shard in &desc.shards {
-                let mut pos = store
-                    .position(stream, &shard.shard_id, StartingPosition::TrimHorizon)
-                    .await
-                    .expect("position");
-                loop {
-                    let batch = store
-                        .read(stream, pos, ReadLimits { max_records: 10_000, max_bytes: 64 << 20 })
-                        .await
-                        .expect("read");
-                    if batch.records.is_empty() {
-                        break;
-                    }
-                    out.extend(
-                        batch
-                            .records
-                            .into_iter()
-                            .map(|r| (r.partition_key.to_string(), r.data.to_vec())),
-                    );
-                    pos = batch.next;
-                }
-            }
-        }
-        store.close().await;
-        out
-    })
+    let records = rt.block_on(weir_tests::harness::read_stream_records(data_dir, stream));
+    records
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, r)| (r.partition_key.to_string(), r.data.to_vec()))
+        .collect()
 }
 
 /// Checks that the numbered lines of writer `w` arrived exactly once each,

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::tokio_rustls::rustls::ClientConfig;
-use weir_collector::store::{
-    LogStore, ReadLimits, StartingPosition, StoreConfig, StoredRecord, StreamStore,
-};
+use weir_collector::store::StoredRecord;
 use weir_tests::harness::Collector;
 
 /// Flags every MQTT test collector gets: a plain listener on a free port with
@@ -535,39 +533,8 @@ pub async fn stop_and_read(c: &mut Collector, stream: &str) -> Option<Vec<Read>>
 
 /// Reads every record of `stream` from a data directory no process has open.
 pub async fn read_stream(data_dir: &Path, stream: &str) -> Option<Vec<Read>> {
-    let store = LogStore::open(data_dir, StoreConfig::default()).await.expect("open the store");
-    let desc = match store.describe_stream(stream).await {
-        Ok(d) => d,
-        Err(_) => {
-            store.close().await;
-            return None;
-        }
-    };
-    let mut out = Vec::new();
-    for shard in &desc.shards {
-        let mut pos = store
-            .position(stream, &shard.shard_id, StartingPosition::TrimHorizon)
-            .await
-            .expect("position");
-        loop {
-            let batch = store
-                .read(stream, pos, ReadLimits { max_records: 10_000, max_bytes: 64 << 20 })
-                .await
-                .expect("read");
-            if batch.records.is_empty() {
-                break;
-            }
-            out.extend(
-                batch
-                    .records
-                    .into_iter()
-                    .map(|r| Read { shard: shard.shard_id.clone(), record: r }),
-            );
-            pos = batch.next;
-        }
-    }
-    store.close().await;
-    Some(out)
+    let records = weir_tests::harness::read_stream_records(data_dir, stream).await?;
+    Some(records.into_iter().map(|(shard, record)| Read { shard, record }).collect())
 }
 
 /// The shard a key belongs to in a stream of `shards` even shards.
