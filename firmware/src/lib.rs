@@ -1,9 +1,38 @@
-//! weir-firmware: the no_std telemetry core for microcontrollers.
+//! weir-firmware: the `no_std` telemetry core for microcontrollers.
 //!
-//! Not built yet: the firmware issue fills it with the sensor sampler, the
-//! store-and-forward queue and the serial transport. Today it re-exports the
-//! wire format it will speak, so that it builds for the host and for
-//! `thumbv7m-none-eabi` from the first commit.
+//! A sensor node samples its sensors, turns each reading into a wire record,
+//! keeps the encoded serial frames in RAM until its gateway (a weir-agent
+//! reading the serial line) acknowledges them, and sends them over any
+//! `embedded-io` writer:
+//!
+//! ```text
+//! Sensor (Tmp102 over embedded-hal I2C) --read--> Sampler::start .. Tick::read .. Tick::finish
+//!     one batch envelope per tick (+ a health record every `health_every` ticks)
+//!     --encode_frame--> FrameQueue<N, F> (drop oldest when full, count drops)
+//!     --Link::poll--> Transport (embedded-io Write) --serial--> gateway
+//!     <--Link::receive-- Ack frames (highest sequence spooled) --> FrameQueue::ack
+//! ```
+//!
+//! No allocator: every buffer is a const-generic capacity chosen by the
+//! board. Logging goes through defmt when the `defmt` feature is on and
+//! compiles to nothing otherwise.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
+#[macro_use]
+mod fmt;
+
+pub mod link;
+pub mod queue;
+pub mod sampler;
+pub mod sensor;
+pub mod tmp102;
+
+pub use link::{Link, LinkStats, Transport};
+pub use queue::{FrameQueue, Pushed};
+pub use sampler::{ConfigError, KeyMode, SampleError, Sampler, SamplerConfig, Tick};
+pub use sensor::{Measurement, Quantity, Sensor};
+pub use tmp102::Tmp102;
 pub use weir_wire as wire;

@@ -1,0 +1,563 @@
+//! The sampler: sensor readings in, one queued wire frame per tick out.
+//!
+//! Each tick ([`Sampler::start`] .. [`Tick::read`] per sensor ..
+//! [`Tick::finish`]) builds one batch envelope in the sampler's `B`-byte
+//! buffer with the wire crate's `batch_encoder` (no allocator, no copy),
+//! whose producer id is the node id and whose batch sequence number is the
+//! frame's sequence number, and queues it as one data frame
+//! ([`FrameQueue::push`]). Every `health_every` ticks, starting with the
+//! first, the batch opens with a health record.
+//!
+//! # Records
+//!
+//! Partition key: the node id, or `<node id>/<sensor name>` with
+//! [`KeyMode::PerSensor`] (health records always use the node id). The
+//! producer timestamp is the wall-clock time given to [`Sampler::start`], if
+//! the node has one. Data is one JSON object, the shape of weir-agent's
+//! metrics input, values in the quantity's unit with three decimals:
+//!
+//! ```json
+//! {"metric":"temperature","sensor":"tmp102","value":21.500,"unit":"celsius","uptime_ms":5000}
+//! {"metric":"weir.health","frames_dropped":0,"frames_queued":3,"sensor_errors":0,"uptime_ms":5000}
+//! ```
+//!
+//! `frames_dropped` and `sensor_errors` count since boot; `frames_queued`
+//! is the queue length when the tick started.
+
+use core::convert::Infallible;
+use core::fmt::{self, Write as _};
+
+use heapless::String;
+use weir_wire::{
+    BatchEncoder, EncodeError, FrameError, MAX_FRAME_PAYLOAD, MAX_PRODUCER_ID_BYTES, Record,
+    batch_encoder, max_encoded_frame_len,
+};
+
+use crate::queue::{FrameQueue, Pushed};
+use crate::sensor::{Measurement, Sensor};
+
+/// Longest sensor name, in bytes.
+pub const MAX_SENSOR_NAME_BYTES: usize = 32;
+
+/// Room for the longest partition key: node id, `/`, sensor name.
+const KEY_BYTES: usize = MAX_PRODUCER_ID_BYTES + 1 + MAX_SENSOR_NAME_BYTES;
+
+/// Room for one record's JSON: the longest (a health record with every
+/// counter at its maximum) is under 150 bytes.
+const DATA_BYTES: usize = 192;
+
+/// Which partition key a sensor's records get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum KeyMode {
+    /// The node id: all of a node's records on one shard, in order.
+    #[default]
+    Node,
+    /// `<node id>/<sensor name>`: sensors spread over shards, each in order.
+    PerSensor,
+}
+
+/// How a [`Sampler`] is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplerConfig<'a> {
+    /// The node's id: the batches' producer id and the records' partition
+    /// key, 1 to 64 bytes.
+    pub node_id: &'a str,
+    /// Partition keys per node or per sensor.
+    pub keys: KeyMode,
+    /// A health record every this many ticks (at least 1).
+    pub health_every: u32,
+}
+
+impl SamplerConfig<'_> {
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidNodeId`] unless `node_id` is 1 to 64 bytes;
+    /// [`ConfigError::ZeroHealthInterval`] if `health_every` is 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bytes = self.node_id.len();
+        if bytes == 0 || bytes > MAX_PRODUCER_ID_BYTES {
+            return Err(ConfigError::InvalidNodeId { bytes });
+        }
+        if self.health_every == 0 {
+            return Err(ConfigError::ZeroHealthInterval);
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`SamplerConfig`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ConfigError {
+    /// `node_id` must be 1 to 64 bytes.
+    InvalidNodeId {
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// `health_every` must be at least 1.
+    ZeroHealthInterval,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidNodeId { bytes } => {
+                write!(f, "node_id is {bytes} bytes; it must be 1 to {MAX_PRODUCER_ID_BYTES}")
+            }
+            Self::ZeroHealthInterval => f.write_str("health_every must be at least 1"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+/// Why a tick or a reading failed. `E` is the sensor's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SampleError<E = Infallible> {
+    /// The sensor failed; counted in the health record's `sensor_errors`.
+    Sensor(E),
+    /// The sensor's name is empty, longer than [`MAX_SENSOR_NAME_BYTES`], or
+    /// holds a byte other than ASCII letters, digits, `.`, `_`, `-`.
+    InvalidSensorName,
+    /// The record did not fit the batch buffer (`B` too small for the
+    /// sensors of one tick), or broke a wire limit.
+    Encode(EncodeError),
+    /// The envelope could not be framed.
+    Frame(FrameError),
+}
+
+impl<E: fmt::Debug> fmt::Display for SampleError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sensor(e) => write!(f, "sensor read failed: {e:?}"),
+            Self::InvalidSensorName => f.write_str(
+                "sensor name must be 1 to 32 bytes of ASCII letters, digits, '.', '_' or '-'",
+            ),
+            Self::Encode(e) => write!(f, "record not encoded: {e}"),
+            Self::Frame(e) => write!(f, "frame not encoded: {e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for SampleError<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Encode(e) => Some(e),
+            Self::Frame(e) => Some(e),
+            Self::Sensor(_) | Self::InvalidSensorName => None,
+        }
+    }
+}
+
+/// A value in thousandths, written as a decimal with three places.
+struct Milli(i32);
+
+impl fmt::Display for Milli {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:03}", abs / 1000, abs % 1000)
+    }
+}
+
+fn valid_sensor_name(name: &str) -> bool {
+    (1..=MAX_SENSOR_NAME_BYTES).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Builds one frame per tick from sensor readings. `B` is the largest
+/// envelope in bytes (at most [`MAX_FRAME_PAYLOAD`]); the queue's frame size
+/// must be at least [`max_encoded_frame_len`]`(B)`.
+#[derive(Debug)]
+pub struct Sampler<const B: usize> {
+    node_id: String<MAX_PRODUCER_ID_BYTES>,
+    keys: KeyMode,
+    health_every: u32,
+    ticks: u32,
+    sensor_errors: u32,
+    buf: [u8; B],
+}
+
+impl<const B: usize> Sampler<B> {
+    /// A sampler for the node `config` describes.
+    ///
+    /// # Errors
+    /// Those of [`SamplerConfig::validate`].
+    pub fn new(config: &SamplerConfig<'_>) -> Result<Self, ConfigError> {
+        const { assert!(B <= MAX_FRAME_PAYLOAD, "an envelope must fit one frame") };
+        config.validate()?;
+        let mut node_id = String::new();
+        node_id
+            .push_str(config.node_id)
+            .map_err(|()| ConfigError::InvalidNodeId { bytes: config.node_id.len() })?;
+        Ok(Self {
+            node_id,
+            keys: config.keys,
+            health_every: config.health_every,
+            ticks: 0,
+            sensor_errors: 0,
+            buf: [0; B],
+        })
+    }
+
+    /// Starts a tick that will be queued in `queue`: opens the batch, with a
+    /// health record first when one is due.
+    ///
+    /// `uptime_ms` is the node's monotonic clock; `timestamp_ms` its wall
+    /// clock (milliseconds since the Unix epoch), if it has one.
+    ///
+    /// # Errors
+    /// [`SampleError::Encode`] if `B` cannot hold the batch header and the
+    /// health record.
+    pub fn start<'s, 'q, const N: usize, const F: usize>(
+        &'s mut self,
+        queue: &'q mut FrameQueue<N, F>,
+        uptime_ms: u64,
+        timestamp_ms: Option<u64>,
+    ) -> Result<Tick<'s, 'q, N, F>, SampleError> {
+        const { assert!(F >= max_encoded_frame_len(B), "queue slots must hold a full envelope") };
+        let health_due = self.ticks.is_multiple_of(self.health_every);
+        self.ticks = self.ticks.wrapping_add(1);
+        let batch = batch_encoder(&mut self.buf, &self.node_id, u64::from(queue.next_seq()))
+            .map_err(SampleError::Encode)?;
+        let mut tick = Tick {
+            batch,
+            node_id: &self.node_id,
+            keys: self.keys,
+            uptime_ms,
+            timestamp_ms,
+            sensor_errors: &mut self.sensor_errors,
+            queue,
+        };
+        if health_due {
+            tick.push_health()?;
+        }
+        Ok(tick)
+    }
+
+    /// Sensor reads that failed since boot (saturating).
+    pub fn sensor_errors(&self) -> u32 {
+        self.sensor_errors
+    }
+}
+
+/// One tick in progress: read each sensor, then [`Tick::finish`].
+#[derive(Debug)]
+pub struct Tick<'s, 'q, const N: usize, const F: usize> {
+    batch: BatchEncoder<'s>,
+    node_id: &'s str,
+    keys: KeyMode,
+    uptime_ms: u64,
+    timestamp_ms: Option<u64>,
+    sensor_errors: &'s mut u32,
+    queue: &'q mut FrameQueue<N, F>,
+}
+
+impl<const N: usize, const F: usize> Tick<'_, '_, N, F> {
+    /// Reads `sensor` and adds its record to the batch.
+    ///
+    /// # Errors
+    /// [`SampleError::InvalidSensorName`] (the sensor is not read);
+    /// [`SampleError::Sensor`] if the read failed (counted);
+    /// [`SampleError::Encode`] if the batch buffer is full. The tick stays
+    /// usable in every case.
+    pub fn read<S: Sensor>(
+        &mut self,
+        sensor: &mut S,
+    ) -> Result<Measurement, SampleError<S::Error>> {
+        let mut name = String::<MAX_SENSOR_NAME_BYTES>::new();
+        if !valid_sensor_name(sensor.name()) || name.push_str(sensor.name()).is_err() {
+            return Err(SampleError::InvalidSensorName);
+        }
+        let measurement = match sensor.read() {
+            Ok(m) => m,
+            Err(e) => {
+                *self.sensor_errors = self.sensor_errors.saturating_add(1);
+                warn!("sensor read failed");
+                return Err(SampleError::Sensor(e));
+            }
+        };
+        let mut key = String::<KEY_BYTES>::new();
+        let mut data = String::<DATA_BYTES>::new();
+        let written = (|| {
+            key.write_str(self.node_id)?;
+            if self.keys == KeyMode::PerSensor {
+                write!(key, "/{name}")?;
+            }
+            write!(
+                data,
+                r#"{{"metric":"{}","sensor":"{name}","value":{},"unit":"{}","uptime_ms":{}}}"#,
+                measurement.quantity.metric(),
+                Milli(measurement.milli),
+                measurement.quantity.unit(),
+                self.uptime_ms,
+            )
+        })();
+        // The capacities above fit the longest key and JSON.
+        written.map_err(|fmt::Error| SampleError::Encode(EncodeError::BufferFull))?;
+        self.push(&key, &data).map_err(SampleError::Encode)?;
+        Ok(measurement)
+    }
+
+    /// Queues the batch as one frame; returns its sequence number (and what
+    /// was dropped for it), or `None` if the batch is empty (no health record
+    /// due and no sensor read).
+    ///
+    /// # Errors
+    /// [`SampleError::Frame`] if the envelope cannot be framed; nothing is
+    /// queued then.
+    pub fn finish(self) -> Result<Option<Pushed>, SampleError> {
+        if self.batch.is_empty() {
+            return Ok(None);
+        }
+        let envelope = self.batch.finish().map_err(SampleError::Encode)?;
+        self.queue.push(envelope).map(Some).map_err(SampleError::Frame)
+    }
+
+    fn push_health(&mut self) -> Result<(), SampleError> {
+        let mut data = String::<DATA_BYTES>::new();
+        write!(
+            data,
+            r#"{{"metric":"weir.health","frames_dropped":{},"frames_queued":{},"sensor_errors":{},"uptime_ms":{}}}"#,
+            self.queue.dropped(),
+            self.queue.len(),
+            self.sensor_errors,
+            self.uptime_ms,
+        )
+        .map_err(|fmt::Error| SampleError::Encode(EncodeError::BufferFull))?;
+        self.push(self.node_id, &data).map_err(SampleError::Encode)
+    }
+
+    fn push(&mut self, key: &str, data: &str) -> Result<(), EncodeError> {
+        let record = Record {
+            partition_key: key,
+            data: data.as_bytes(),
+            explicit_hash_key: None,
+            producer_timestamp_ms: self.timestamp_ms,
+        };
+        self.batch.push(&record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::string::{String as StdString, ToString};
+    use std::vec;
+    use std::vec::Vec;
+
+    use embedded_hal::i2c::ErrorKind;
+    use embedded_hal_mock::eh1::i2c::{Mock, Transaction};
+    use weir_wire::{Envelope, FeedResult, FrameDecoder, FrameKind};
+
+    use super::*;
+    use crate::sensor::Quantity;
+    use crate::tmp102::{self, Address, Tmp102};
+
+    const B: usize = 512;
+    const F: usize = max_encoded_frame_len(B);
+
+    /// What one queued frame holds: frame seq, producer id, batch seq and
+    /// `(key, timestamp, data)` per record.
+    #[derive(Debug, PartialEq)]
+    struct Batch {
+        seq: u32,
+        producer: StdString,
+        batch_seq: u64,
+        records: Vec<(StdString, Option<u64>, StdString)>,
+    }
+
+    /// Decodes the frames of `queue` as the gateway will.
+    fn frames<const N: usize, const G: usize>(queue: &mut FrameQueue<N, G>) -> Vec<Batch> {
+        let mut out = Vec::new();
+        let mut decoder = FrameDecoder::<G>::new();
+        queue.rewind();
+        while let Some((_, line)) = queue.next_unsent() {
+            let FeedResult::Frame { frame, remaining } = decoder.feed(line) else {
+                panic!("not a frame");
+            };
+            assert!(remaining.is_empty());
+            assert_eq!(frame.kind, FrameKind::Data);
+            let Envelope::Batch(view) = Envelope::decode(frame.payload).expect("envelope") else {
+                panic!("not a batch");
+            };
+            let records = view
+                .records()
+                .map(|r| {
+                    let r = r.expect("record");
+                    let data = core::str::from_utf8(r.data).expect("utf8").to_string();
+                    (r.partition_key.to_string(), r.producer_timestamp_ms, data)
+                })
+                .collect();
+            out.push(Batch {
+                seq: frame.seq,
+                producer: view.producer_id().to_string(),
+                batch_seq: view.batch_seq(),
+                records,
+            });
+            queue.mark_sent();
+        }
+        out
+    }
+
+    fn temp(bytes: [u8; 2]) -> Transaction {
+        Transaction::write_read(0x48, vec![0x00], bytes.to_vec())
+    }
+
+    fn config(keys: KeyMode, health_every: u32) -> SamplerConfig<'static> {
+        SamplerConfig { node_id: "node-1", keys, health_every }
+    }
+
+    fn health(dropped: u32, queued: usize, errors: u32, uptime: u64) -> StdString {
+        std::format!(
+            r#"{{"metric":"weir.health","frames_dropped":{dropped},"frames_queued":{queued},"sensor_errors":{errors},"uptime_ms":{uptime}}}"#
+        )
+    }
+
+    #[test]
+    fn a_tick_becomes_one_batch_frame_keyed_by_node() {
+        let mut i2c = Mock::new(&[temp([0x19, 0x40]), temp([0xE7, 0x00])]);
+        let mut sensor = Tmp102::new(i2c.clone(), Address::Gnd);
+        let mut sampler = Sampler::<B>::new(&config(KeyMode::Node, 10)).expect("config");
+        let mut queue = FrameQueue::<4, F>::with_first_seq(40);
+
+        let mut tick = sampler.start(&mut queue, 1_000, Some(1_700_000_000_000)).expect("start");
+        let m = tick.read(&mut sensor).expect("read");
+        assert_eq!(m, Measurement { quantity: Quantity::Temperature, milli: 25_250 });
+        let pushed = tick.finish().expect("finish");
+        assert_eq!(pushed, Some(Pushed { seq: 40, dropped: None }));
+
+        let mut tick = sampler.start(&mut queue, 2_000, None).expect("start");
+        tick.read(&mut sensor).expect("read");
+        tick.finish().expect("finish");
+        i2c.done();
+
+        let ts = Some(1_700_000_000_000);
+        let reading = |value: &str, uptime: u64| {
+            std::format!(
+                r#"{{"metric":"temperature","sensor":"tmp102","value":{value},"unit":"celsius","uptime_ms":{uptime}}}"#
+            )
+        };
+        assert_eq!(
+            frames(&mut queue),
+            [
+                Batch {
+                    seq: 40,
+                    producer: "node-1".into(),
+                    batch_seq: 40,
+                    records: vec![
+                        ("node-1".into(), ts, health(0, 0, 0, 1_000)),
+                        ("node-1".into(), ts, reading("25.250", 1_000)),
+                    ],
+                },
+                Batch {
+                    seq: 41,
+                    producer: "node-1".into(),
+                    batch_seq: 41,
+                    records: vec![("node-1".into(), None, reading("-25.000", 2_000))],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn per_sensor_keys_and_sensor_errors_in_the_health_record() {
+        let mut i2c = Mock::new(&[temp([0, 0]).with_error(ErrorKind::Other), temp([0x00, 0x10])]);
+        let mut sensor = Tmp102::new(i2c.clone(), Address::Gnd);
+        let mut sampler = Sampler::<B>::new(&config(KeyMode::PerSensor, 2)).expect("config");
+        let mut queue = FrameQueue::<4, F>::new();
+
+        let mut tick = sampler.start(&mut queue, 0, None).expect("start");
+        assert_eq!(
+            tick.read(&mut sensor),
+            Err(SampleError::Sensor(tmp102::Error::I2c(ErrorKind::Other)))
+        );
+        tick.finish().expect("finish");
+        let tick = sampler.start(&mut queue, 10, None).expect("start");
+        assert_eq!(tick.finish(), Ok(None), "no reading and no health due: no frame");
+        let mut tick = sampler.start(&mut queue, 20, None).expect("start");
+        tick.read(&mut sensor).expect("read");
+        tick.finish().expect("finish");
+        assert_eq!(sampler.sensor_errors(), 1);
+        i2c.done();
+
+        let got = frames(&mut queue);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].records, [("node-1".into(), None, health(0, 0, 0, 0))]);
+        assert_eq!(got[1].seq, 1);
+        let keys: Vec<&str> = got[1].records.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(keys, ["node-1", "node-1/tmp102"]);
+        assert_eq!(got[1].records[0].2, health(0, 1, 1, 20));
+        assert!(got[1].records[1].2.contains(r#""value":0.062,"#));
+    }
+
+    #[test]
+    fn dropped_frames_are_reported_in_the_next_health_record() {
+        let mut sampler = Sampler::<B>::new(&config(KeyMode::Node, 1)).expect("config");
+        let mut queue = FrameQueue::<2, F>::new();
+        for uptime in 0..4 {
+            let tick = sampler.start(&mut queue, uptime, None).expect("start");
+            tick.finish().expect("finish");
+        }
+        assert_eq!(queue.dropped(), 2);
+        let got = frames(&mut queue);
+        let seqs: Vec<u32> = got.iter().map(|b| b.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(got[0].records[0].2, health(0, 2, 0, 2));
+        assert_eq!(got[1].records[0].2, health(1, 2, 0, 3));
+    }
+
+    struct Named(&'static str);
+
+    impl Sensor for Named {
+        type Error = Infallible;
+
+        fn name(&self) -> &str {
+            self.0
+        }
+
+        fn read(&mut self) -> Result<Measurement, Infallible> {
+            Ok(Measurement { quantity: Quantity::RelativeHumidity, milli: 45_000 })
+        }
+    }
+
+    #[test]
+    fn sensor_names_are_checked_and_a_full_batch_is_an_error() {
+        // Room for the header and the health record, not for a reading too.
+        let mut sampler = Sampler::<128>::new(&config(KeyMode::PerSensor, 1000)).expect("config");
+        let mut queue = FrameQueue::<2, { max_encoded_frame_len(128) }>::new();
+        let mut tick = sampler.start(&mut queue, 0, None).expect("start");
+        for bad in ["", "has space", "quote\"", "x234567890123456789012345678901234"] {
+            assert_eq!(tick.read(&mut Named(bad)), Err(SampleError::InvalidSensorName), "{bad:?}");
+        }
+        let too_big = tick.read(&mut Named("sht31"));
+        assert_eq!(too_big, Err(SampleError::Encode(EncodeError::BufferFull)));
+        assert_eq!(tick.finish(), Ok(Some(Pushed { seq: 0, dropped: None })));
+        let got = frames(&mut queue);
+        assert_eq!(got[0].records.len(), 1, "the health record alone");
+    }
+
+    #[test]
+    fn invalid_configurations_are_refused() {
+        let long = "n".repeat(65);
+        let bad = [
+            (
+                SamplerConfig { node_id: "", ..config(KeyMode::Node, 1) },
+                ConfigError::InvalidNodeId { bytes: 0 },
+            ),
+            (
+                SamplerConfig { node_id: &long, ..config(KeyMode::Node, 1) },
+                ConfigError::InvalidNodeId { bytes: 65 },
+            ),
+            (config(KeyMode::Node, 0), ConfigError::ZeroHealthInterval),
+        ];
+        for (config, error) in bad {
+            assert_eq!(Sampler::<B>::new(&config).map(|_| ()), Err(error));
+        }
+        assert_eq!(
+            ConfigError::InvalidNodeId { bytes: 0 }.to_string(),
+            "node_id is 0 bytes; it must be 1 to 64"
+        );
+    }
+}
