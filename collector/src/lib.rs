@@ -10,6 +10,7 @@
 pub mod api;
 pub mod certs;
 pub mod config;
+pub mod firehose;
 pub mod ingest;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,105 @@
+//! Errors of delivery streams.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+/// Why a delivery stream could not be configured, opened or advanced.
+#[derive(Debug, thiserror::Error)]
+pub enum FirehoseError {
+    /// A delivery stream name outside Firehose's rules.
+    #[error("invalid delivery stream name {0:?}: 1 to 64 characters of [a-zA-Z0-9_.-]")]
+    InvalidName(String),
+    /// The size hint is outside its bounds.
+    #[error("buffering size {mib} MiB is outside {min}..={max} MiB")]
+    BufferSize {
+        /// The value given.
+        mib: u32,
+        /// Lower bound.
+        min: u32,
+        /// Upper bound.
+        max: u32,
+    },
+    /// The interval hint is outside its bounds.
+    #[error("buffering interval {secs} s is outside {min}..={max} s")]
+    BufferInterval {
+        /// The value given.
+        secs: u32,
+        /// Lower bound.
+        min: u32,
+        /// Upper bound.
+        max: u32,
+    },
+    /// A prefix template that cannot be parsed or rendered.
+    #[error("invalid prefix template {template:?}: {reason}")]
+    InvalidPrefix {
+        /// The template.
+        template: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An object key a destination refuses (absolute, `..`, empty part).
+    #[error("invalid object key {0:?}")]
+    InvalidObjectKey(String),
+    /// The source stream failed.
+    #[error("source stream: {0}")]
+    Store(#[from] StoreError),
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint file is unreadable or does not belong to this delivery
+    /// stream.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The source stream was deleted and created again since the checkpoint
+    /// was written: its positions mean nothing for the new stream.
+    #[error(
+        "source stream {stream:?} has id {found}, the checkpoint was written for id {expected}"
+    )]
+    StreamReplaced {
+        /// The stream's name.
+        stream: String,
+        /// The id in the checkpoint.
+        expected: u64,
+        /// The id of the stream now.
+        found: u64,
+    },
+    /// Records of a batch to deliver again are no longer in the source
+    /// (retention removed them).
+    #[error("records {first}..={last} of {shard_id} are gone from the source")]
+    RecordsGone {
+        /// The shard.
+        shard_id: String,
+        /// First offset wanted.
+        first: u64,
+        /// Last offset wanted.
+        last: u64,
+    },
+    /// A destination refused or failed a batch.
+    #[error("destination failed object {key:?}: {reason}")]
+    Destination {
+        /// The object's key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Compressing a batch failed.
+    #[error("compressing a batch: {0}")]
+    Compress(#[source] std::io::Error),
+    /// A blocking task was cancelled (runtime shutting down).
+    #[error("background task cancelled")]
+    Cancelled,
+}

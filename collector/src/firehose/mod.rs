@@ -1,0 +1,37 @@
+//! Firehose delivery streams: records of a Weir data stream written out in
+//! buffered, compressed batches, exactly once, the way Kinesis Data Firehose
+//! delivers them (issue #7).
+//!
+//! - `config`: [`DeliveryConfig`], the buffering hints and their bounds, the
+//!   output format and compression.
+//! - `prefix`: [`PrefixTemplate`], `!{timestamp:yyyy/MM/dd/HH}`-style
+//!   prefixes rendered from the oldest record of a batch (UTC).
+//! - `encode`: a batch's records into an object body.
+//! - `checkpoint`: [`Checkpoint`], the consumer's durable progress per shard
+//!   (file format in its header).
+//! - `destination`: the [`Destination`] trait and [`DirectoryDestination`]
+//!   (object naming in its header).
+//! - `delivery`: [`DeliveryStream`], the checkpointed consumer per shard that
+//!   follows resharding and flushes by size or interval.
+//! - `error`: [`FirehoseError`].
+//!
+//! Not wired into the HTTP API or `run()` yet.
+
+pub mod checkpoint;
+pub mod config;
+pub mod delivery;
+pub mod destination;
+pub mod encode;
+pub mod error;
+pub mod prefix;
+
+pub use checkpoint::{Checkpoint, PendingBatch, ShardCheckpoint};
+pub use config::{
+    BufferingHints, Compression, DEFAULT_BUFFER_INTERVAL_SECS, DEFAULT_BUFFER_SIZE_MIB,
+    DeliveryConfig, MAX_BUFFER_INTERVAL_SECS, MAX_BUFFER_SIZE_MIB, MIN_BUFFER_INTERVAL_SECS,
+    MIN_BUFFER_SIZE_MIB, RecordFormat,
+};
+pub use delivery::{DeliveredObject, DeliveryStream, PollReport};
+pub use destination::{Destination, DirectoryDestination, object_key};
+pub use error::FirehoseError;
+pub use prefix::PrefixTemplate;

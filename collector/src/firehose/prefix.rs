@@ -1,0 +1,194 @@
+//! Prefix templates: `!{timestamp:<pattern>}` expressions rendered with the
+//! arrival time (UTC) of the oldest record of a batch; everything else is
+//! literal.
+//!
+//! Pattern letters follow Java's `DateTimeFormatter`, as Firehose does:
+//! `yyyy` year, `MM` month, `dd` day, `HH` hour, `mm` minute, `ss` second, all
+//! zero-padded. Other characters of a pattern are copied, except letters,
+//! which are refused. `!{partitionKeyFromQuery:...}` (dynamic partitioning)
+//! is not supported yet and is refused by name.
+
+use super::error::FirehoseError;
+
+/// Most characters of a template.
+pub const MAX_TEMPLATE_CHARS: usize = 1_024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+}
+
+/// A parsed prefix template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixTemplate {
+    parts: Vec<Part>,
+}
+
+impl PrefixTemplate {
+    /// Parses a template.
+    ///
+    /// # Errors
+    /// [`FirehoseError::InvalidPrefix`] naming what is wrong.
+    pub fn parse(template: &str) -> Result<Self, FirehoseError> {
+        let bad = |reason: &str| FirehoseError::InvalidPrefix {
+            template: template.chars().take(80).collect(),
+            reason: reason.to_owned(),
+        };
+        if template.chars().count() > MAX_TEMPLATE_CHARS {
+            return Err(bad("longer than 1024 characters"));
+        }
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("!{") {
+            push_literal(&mut parts, &rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| bad("unclosed `!{`"))?;
+            let expr = &after[..end];
+            let (kind, arg) =
+                expr.split_once(':').ok_or_else(|| bad("expected `!{kind:argument}`"))?;
+            match kind {
+                "timestamp" => parse_pattern(arg, &mut parts).map_err(|r| bad(&r))?,
+                "partitionKeyFromQuery" | "partitionKeyFromLambda" => {
+                    return Err(bad("dynamic partitioning is not supported yet"));
+                }
+                _ => return Err(bad("unknown expression; expected `timestamp`")),
+            }
+            rest = &after[end + 1..];
+        }
+        push_literal(&mut parts, rest);
+        Ok(Self { parts })
+    }
+
+    /// Renders the template for a batch whose oldest record arrived at
+    /// `timestamp_ms` (ms since the Unix epoch).
+    pub fn render(&self, timestamp_ms: u64) -> String {
+        let t = Utc::from_ms(timestamp_ms);
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(s) => out.push_str(s),
+                Part::Year => out.push_str(&format!("{:04}", t.year)),
+                Part::Month => out.push_str(&format!("{:02}", t.month)),
+                Part::Day => out.push_str(&format!("{:02}", t.day)),
+                Part::Hour => out.push_str(&format!("{:02}", t.hour)),
+                Part::Minute => out.push_str(&format!("{:02}", t.minute)),
+                Part::Second => out.push_str(&format!("{:02}", t.second)),
+            }
+        }
+        out
+    }
+}
+
+fn push_literal(parts: &mut Vec<Part>, s: &str) {
+    if s.is_empty() {
+        return;
+    }
+    if let Some(Part::Literal(prev)) = parts.last_mut() {
+        prev.push_str(s);
+    } else {
+        parts.push(Part::Literal(s.to_owned()));
+    }
+}
+
+fn parse_pattern(pattern: &str, parts: &mut Vec<Part>) -> Result<(), String> {
+    const TOKENS: [(&str, Part); 6] = [
+        ("yyyy", Part::Year),
+        ("MM", Part::Month),
+        ("dd", Part::Day),
+        ("HH", Part::Hour),
+        ("mm", Part::Minute),
+        ("ss", Part::Second),
+    ];
+    let mut rest = pattern;
+    'outer: while let Some(c) = rest.chars().next() {
+        for (token, part) in &TOKENS {
+            if let Some(r) = rest.strip_prefix(token) {
+                parts.push(part.clone());
+                rest = r;
+                continue 'outer;
+            }
+        }
+        if c.is_ascii_alphabetic() {
+            return Err(format!("unsupported pattern letter {c:?}; use yyyy, MM, dd, HH, mm, ss"));
+        }
+        push_literal(parts, &rest[..c.len_utf8()]);
+        rest = &rest[c.len_utf8()..];
+    }
+    Ok(())
+}
+
+/// A UTC calendar time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Utc {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+}
+
+impl Utc {
+    fn from_ms(ms: u64) -> Self {
+        let secs = ms / 1_000;
+        let days = (secs / 86_400) as i64;
+        let of_day = secs % 86_400;
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Self {
+            year,
+            month,
+            day,
+            hour: (of_day / 3_600) as u32,
+            minute: (of_day % 3_600 / 60) as u32,
+            second: (of_day % 60) as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_utc() {
+        // 2023-11-14T22:13:20Z
+        let t = PrefixTemplate::parse("logs/!{timestamp:yyyy/MM/dd/HH}/m=!{timestamp:mm-ss}/")
+            .expect("parse");
+        assert_eq!(t.render(1_700_000_000_000), "logs/2023/11/14/22/m=13-20/");
+        assert_eq!(t.render(0), "logs/1970/01/01/00/m=00-00/");
+        // Leap day.
+        assert_eq!(t.render(951_782_400_000), "logs/2000/02/29/00/m=00-00/");
+        assert_eq!(PrefixTemplate::parse("plain/").expect("parse").render(5), "plain/");
+    }
+
+    #[test]
+    fn refuses() {
+        for bad in [
+            "!{timestamp:yyyy",
+            "!{timestamp:YYYY}",
+            "!{partitionKeyFromQuery:id}",
+            "!{other:x}",
+            "!{nocolon}",
+        ] {
+            assert!(
+                matches!(PrefixTemplate::parse(bad), Err(FirehoseError::InvalidPrefix { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
