@@ -21,6 +21,16 @@
 //! listen = "127.0.0.1:1883"   # plain MQTT, off unless set
 //!
 //! [tls]                       # see `tls`; unset: the development CA in data_dir/tls
+//!
+//! [[firehose]]                # a delivery stream (any number of them)
+//! name = "sensors-archive"
+//! source_stream = "sensors"   # a Weir data stream
+//! directory = "/var/lib/weir/archive" # default: <data_dir>/firehose/<name>
+//! buffer_size_mib = 5         # 1..=128
+//! buffer_interval_secs = 300  # 0..=900
+//! output = "as-is"            # as-is | newline-delimited
+//! compression = "none"        # none | gzip | zstd
+//! prefix = "!{timestamp:yyyy/MM/dd/HH}/"
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, the line and the
@@ -83,6 +93,8 @@ pub struct Config {
     pub mqtt: crate::ingest::MqttSection,
     /// TLS of the MQTT listener.
     pub tls: crate::tls::TlsSection,
+    /// `[[firehose]]`: delivery streams.
+    pub firehose: Vec<FirehoseSection>,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -97,7 +109,46 @@ impl Default for Config {
             kinesis: KinesisSection::default(),
             mqtt: crate::ingest::MqttSection::default(),
             tls: crate::tls::TlsSection::default(),
+            firehose: Vec::new(),
             origin: "defaults".into(),
+        }
+    }
+}
+
+/// `[[firehose]]`: one delivery stream reading a Weir data stream into a
+/// directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirehoseSection {
+    /// Its name (1 to 64 characters of `[a-zA-Z0-9_.-]`).
+    pub name: String,
+    /// The Weir data stream it reads.
+    pub source_stream: String,
+    /// The destination directory (default `<data_dir>/firehose/<name>`).
+    pub directory: Option<PathBuf>,
+    /// Size hint, MiB.
+    pub buffer_size_mib: u32,
+    /// Interval hint, seconds.
+    pub buffer_interval_secs: u32,
+    /// `as-is` or `newline-delimited`.
+    pub output: String,
+    /// `none`, `gzip` or `zstd`.
+    pub compression: String,
+    /// Prefix template (empty: `!{timestamp:yyyy/MM/dd/HH}/`).
+    pub prefix: String,
+}
+
+impl Default for FirehoseSection {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            source_stream: String::new(),
+            directory: None,
+            buffer_size_mib: crate::firehose::DEFAULT_BUFFER_SIZE_MIB,
+            buffer_interval_secs: crate::firehose::DEFAULT_BUFFER_INTERVAL_SECS,
+            output: "as-is".into(),
+            compression: "none".into(),
+            prefix: String::new(),
         }
     }
 }
@@ -191,7 +242,65 @@ impl Config {
         config.http_listen()?;
         config.kinesis_region()?;
         config.mqtt_settings()?;
+        config.firehose_specs()?;
         Ok(config)
+    }
+
+    /// The `[[firehose]]` delivery streams, checked.
+    ///
+    /// # Errors
+    /// The first invalid `firehose[i].*` value, by key.
+    pub fn firehose_specs(&self) -> Result<Vec<crate::firehose::DeliverySpec>, ConfigError> {
+        use crate::firehose::{DeliverySpec, FirehoseError, Manager, Source};
+        let mut names = std::collections::BTreeSet::new();
+        let mut specs = Vec::with_capacity(self.firehose.len());
+        for (i, f) in self.firehose.iter().enumerate() {
+            let key = |k: &str| format!("firehose[{i}].{k}");
+            if f.source_stream.is_empty() {
+                return Err(self.invalid(&key("source_stream"), "is required"));
+            }
+            if !names.insert(f.name.clone()) {
+                return Err(self.invalid(&key("name"), format!("{:?} is declared twice", f.name)));
+            }
+            let newline_delimited = match f.output.as_str() {
+                "as-is" => false,
+                "newline-delimited" => true,
+                o => {
+                    let m = format!("{o:?} is not as-is or newline-delimited");
+                    return Err(self.invalid(&key("output"), m));
+                }
+            };
+            if crate::firehose::manager::parse_compression(&f.compression).is_none() {
+                let m = format!("{:?} is not none, gzip or zstd", f.compression);
+                return Err(self.invalid(&key("compression"), m));
+            }
+            let spec = DeliverySpec {
+                name: f.name.clone(),
+                source: Source::Stream(f.source_stream.clone()),
+                directory: f
+                    .directory
+                    .clone()
+                    .unwrap_or_else(|| Manager::default_directory(&self.data_dir, &f.name)),
+                size_mib: f.buffer_size_mib,
+                interval_secs: f.buffer_interval_secs,
+                newline_delimited,
+                compression: f.compression.clone(),
+                prefix: f.prefix.clone(),
+                created_ms: 0,
+            };
+            spec.delivery_config().map_err(|e| {
+                let k = match &e {
+                    FirehoseError::InvalidName(_) => "name",
+                    FirehoseError::BufferSize { .. } => "buffer_size_mib",
+                    FirehoseError::BufferInterval { .. } => "buffer_interval_secs",
+                    FirehoseError::InvalidPrefix { .. } => "prefix",
+                    _ => "compression",
+                };
+                self.invalid(&key(k), e.to_string())
+            })?;
+            specs.push(spec);
+        }
+        Ok(specs)
     }
 
     /// The MQTT ingest's settings and the TLS section, checked.
@@ -289,5 +398,44 @@ mod tests {
         let e = Config::parse("[http]\nlisen = \"127.0.0.1:1\"\n", Path::new("c.toml"))
             .expect_err("unknown key");
         assert!(e.to_string().starts_with("c.toml:2:") && e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn firehose_sections() {
+        let c = Config::parse(
+            "data_dir = \"d\"\n[[firehose]]\nname = \"a\"\nsource_stream = \"s\"\ncompression = \"gzip\"\n",
+            Path::new("c.toml"),
+        )
+        .expect("parse");
+        let specs = c.firehose_specs().expect("specs");
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].directory, PathBuf::from("d/firehose/a"));
+        for (text, key) in [
+            ("name = \"a\"\n", "`firehose[0].source_stream`"),
+            ("name = \"a/b\"\nsource_stream = \"s\"\n", "`firehose[0].name`"),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\nbuffer_size_mib = 0\n",
+                "`firehose[0].buffer_size_mib`",
+            ),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\nbuffer_interval_secs = 901\n",
+                "`firehose[0].buffer_interval_secs`",
+            ),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\ncompression = \"lz4\"\n",
+                "`firehose[0].compression`",
+            ),
+            ("name = \"a\"\nsource_stream = \"s\"\noutput = \"csv\"\n", "`firehose[0].output`"),
+        ] {
+            let e = Config::parse(&format!("[[firehose]]\n{text}"), Path::new("c.toml"))
+                .expect_err(text);
+            assert!(e.to_string().contains(key), "{e} / {key}");
+        }
+        let e = Config::parse(
+            "[[firehose]]\nname = \"a\"\nsourcestream = \"s\"\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("sourcestream"), "{e}");
     }
 }

@@ -59,6 +59,9 @@ pub enum RunError {
     /// The MQTT listeners could not start.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// The delivery streams could not start.
+    #[error("firehose: {0}")]
+    Firehose(#[from] firehose::ManagerError),
 }
 
 /// Runs the collector until `shutdown` resolves; then stops every shard writer
@@ -74,9 +77,15 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store_config = config.store_config()?;
     let mqtt_settings = config.mqtt_settings()?;
+    let firehose_specs = config.firehose_specs()?;
     let store = LogStore::open(&config.data_dir, store_config).await?;
+    let mut delivery: Option<std::sync::Arc<firehose::Manager>> = None;
     let listeners = async {
-        let http = api::HttpListener::start(&config, store.clone()).await?;
+        let manager =
+            firehose::Manager::start(store.clone(), &config.data_dir, firehose_specs).await?;
+        delivery = Some(manager.clone());
+        let http =
+            api::HttpListener::start_with_firehose(&config, store.clone(), Some(manager)).await?;
         // TLS files live in the data directory, which the store has locked.
         let server_tls = match mqtt_settings.tls_listen {
             Some(_) => Some(tls::server_config(&config.tls, &config.data_dir)?),
@@ -92,6 +101,9 @@ pub async fn run(
     let (http, ingest, tls_ca) = match listeners {
         Ok(l) => l,
         Err(e) => {
+            if let Some(m) = &delivery {
+                m.shutdown().await;
+            }
             // Stop the shard writers after their final sync before reporting.
             store.close().await;
             return Err(e);
@@ -112,6 +124,11 @@ pub async fn run(
     // Connections finish their appends before the store closes.
     ingest.shutdown().await;
     http.stop().await;
+    // Delivery streams finish their poll in progress; what they buffered is
+    // read again from their checkpoints after a restart.
+    if let Some(m) = &delivery {
+        m.shutdown().await;
+    }
     store.close().await;
     Ok(())
 }

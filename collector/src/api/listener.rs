@@ -3,14 +3,17 @@
 //! before the store closes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::firehose::FirehoseApi;
 use super::service::{Api, ApiConfig};
 use super::token::{KeyError, TokenSigner};
 use crate::config::{Config, ConfigError};
+use crate::firehose::Manager;
 use crate::store::LogStore;
 
 /// How long requests in progress may take to finish at shutdown.
@@ -52,6 +55,19 @@ impl HttpListener {
     /// Invalid settings, an address that cannot be bound, an unreadable
     /// token key.
     pub async fn start(config: &Config, store: LogStore) -> Result<Self, StartError> {
+        Self::start_with_firehose(config, store, None).await
+    }
+
+    /// As [`start`](Self::start), serving the Firehose API over `firehose`
+    /// too when given.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with_firehose(
+        config: &Config,
+        store: LogStore,
+        firehose: Option<Arc<Manager>>,
+    ) -> Result<Self, StartError> {
         let addr = config.http_listen()?;
         let api_config = ApiConfig {
             region: config.kinesis_region()?.to_owned(),
@@ -63,8 +79,9 @@ impl HttpListener {
             .map_err(|source| StartError::Bind { addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let firehose = firehose.map(|m| FirehoseApi::new(m, api_config.region.clone()));
         let api = Api::new(store, signer, api_config);
-        let task = tokio::spawn(super::serve(listener, api, async {
+        let task = tokio::spawn(super::serve_with_firehose(listener, api, firehose, async {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "Kinesis API listening");

@@ -7,7 +7,8 @@
 //! `admin` (one function per operation). `codec` is the only place that knows
 //! JSON 1.1 and CBOR 1.1, `model` the request/response shapes, `error` the
 //! error names, `token` the signed shard iterators and page tokens, `metrics`
-//! the Prometheus names.
+//! the Prometheus names. `firehose` serves `Firehose_20150804.*` over the
+//! collector's delivery streams (`crate::firehose::Manager`).
 //!
 //! **Invariant**: only this module knows Kinesis's wire shapes; the store
 //! speaks its own vocabulary (`store::backend`).
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod codec;
 pub mod error;
+pub mod firehose;
 pub mod listener;
 pub mod metrics;
 pub mod model;
@@ -26,7 +28,8 @@ pub mod token;
 
 pub use codec::Encoding;
 pub use error::{ApiError, ErrorKind};
+pub use firehose::FirehoseApi;
 pub use listener::{HttpListener, StartError};
-pub use server::{router, serve};
+pub use server::{router, router_with_firehose, serve, serve_with_firehose};
 pub use service::{Api, ApiConfig};
 pub use token::TokenSigner;

@@ -1,6 +1,7 @@
 //! The HTTP side: `POST /` (the Kinesis API), `GET /health`, `GET /metrics`.
 //!
-//! Requests name their operation in `X-Amz-Target: Kinesis_20131202.<Op>` and
+//! Requests name their operation in `X-Amz-Target: Kinesis_20131202.<Op>`
+//! (or `Firehose_20150804.<Op>`, served by [`FirehoseApi`] when present) and
 //! their encoding in `Content-Type`. Memory is bounded: a body is read only
 //! after one of [`MAX_IN_FLIGHT_REQUESTS`] permits is taken (later requests
 //! wait: backpressure, not loss), and never past [`MAX_REQUEST_BYTES`].
@@ -20,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::codec::Encoding;
 use super::error::{ApiError, ErrorKind};
+use super::firehose::{self, FirehoseApi};
 use super::metrics;
 use super::model::ErrorBody;
 use super::service::{Api, OPERATIONS};
@@ -36,6 +38,7 @@ pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
 
 struct HttpState<S> {
     api: Api<S>,
+    firehose: Option<FirehoseApi>,
     in_flight: Semaphore,
     metrics: Option<PrometheusHandle>,
     request_ids: AtomicU64,
@@ -44,8 +47,14 @@ struct HttpState<S> {
 
 /// The HTTP routes over `api`.
 pub fn router<S: StreamStore>(api: Api<S>) -> Router {
+    router_with_firehose(api, None)
+}
+
+/// The HTTP routes over `api` and, when given, the Firehose API.
+pub fn router_with_firehose<S: StreamStore>(api: Api<S>, firehose: Option<FirehoseApi>) -> Router {
     let state = Arc::new(HttpState {
         api,
+        firehose,
         in_flight: Semaphore::new(MAX_IN_FLIGHT_REQUESTS),
         metrics: metrics::install(),
         request_ids: AtomicU64::new(0),
@@ -68,7 +77,22 @@ pub async fn serve<S: StreamStore>(
     api: Api<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
+    serve_with_firehose(listener, api, None, shutdown).await
+}
+
+/// As [`serve`], with the Firehose API too.
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve_with_firehose<S: StreamStore>(
+    listener: tokio::net::TcpListener,
+    api: Api<S>,
+    firehose: Option<FirehoseApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with_firehose(api, firehose))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn health() -> &'static str {
@@ -101,9 +125,13 @@ async fn kinesis<S: StreamStore>(
         state.request_ids.fetch_add(1, Ordering::Relaxed)
     );
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
-    let label = OPERATIONS.iter().find(|o| **o == operation).copied().unwrap_or("unknown");
-    let result = handle(&state, operation, encoding, &headers, body).await;
+    let (operation, is_firehose) = match target.strip_prefix(firehose::TARGET_PREFIX) {
+        Some(op) if state.firehose.is_some() => (op, true),
+        _ => (target.strip_prefix(TARGET_PREFIX).unwrap_or(target), false),
+    };
+    let known = if is_firehose { firehose::OPERATIONS } else { OPERATIONS };
+    let label = known.iter().find(|o| **o == operation).copied().unwrap_or("unknown");
+    let result = handle(&state, operation, is_firehose, encoding, &headers, body).await;
     match result {
         Ok(bytes) => {
             metrics::request(label, "ok");
@@ -130,11 +158,18 @@ async fn kinesis<S: StreamStore>(
 async fn handle<S: StreamStore>(
     state: &HttpState<S>,
     operation: &str,
+    is_firehose: bool,
     encoding: Encoding,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<bytes::Bytes, ApiError> {
-    if !OPERATIONS.contains(&operation) {
+    if is_firehose && !firehose::OPERATIONS.contains(&operation) {
+        return Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("X-Amz-Target {operation:?} names no Firehose_20150804 operation"),
+        ));
+    }
+    if !is_firehose && !OPERATIONS.contains(&operation) {
         return Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("X-Amz-Target {operation:?} names no Kinesis_20131202 operation"),
@@ -159,7 +194,10 @@ async fn handle<S: StreamStore>(
         .await
         .map_err(|_| ApiError::new(ErrorKind::InternalFailure, "server is shutting down"))?;
     let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|_| too_large())?;
-    state.api.call(operation, encoding, &body).await
+    match &state.firehose {
+        Some(f) if is_firehose => f.call(operation, encoding, &body).await,
+        _ => state.api.call(operation, encoding, &body).await,
+    }
 }
 
 fn error_response(encoding: Encoding, e: &ApiError, id: &str) -> Response {

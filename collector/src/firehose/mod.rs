@@ -13,9 +13,9 @@
 //!   (object naming in its header).
 //! - `delivery`: [`DeliveryStream`], the checkpointed consumer per shard that
 //!   follows resharding and flushes by size or interval.
+//! - `manager`: [`Manager`], the running delivery streams of a collector
+//!   (`[[firehose]]` and API-created, persisted), one task each.
 //! - `error`: [`FirehoseError`].
-//!
-//! Not wired into the HTTP API or `run()` yet.
 
 pub mod checkpoint;
 pub mod config;
@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod destination;
 pub mod encode;
 pub mod error;
+pub mod manager;
 pub mod prefix;
 
 pub use checkpoint::{Checkpoint, PendingBatch, ShardCheckpoint};
@@ -34,4 +35,5 @@ pub use config::{
 pub use delivery::{DeliveredObject, DeliveryStream, PollReport};
 pub use destination::{Destination, DirectoryDestination, object_key};
 pub use error::FirehoseError;
+pub use manager::{DeliverySpec, Manager, ManagerError, Source, direct_put_stream};
 pub use prefix::PrefixTemplate;
