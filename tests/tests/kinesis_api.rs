@@ -1041,15 +1041,7 @@ async fn write_limits_throttle_per_entry_when_the_stream_enables_them() {
     let mut ok = 0;
     let mut throttled = 0;
     for _ in 0..3 {
-        let entries: Vec<PutRecordsRequestEntry> = (0..500)
-            .map(|i| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(format!("k{i}"))
-                    .data(Blob::new(vec![1u8; 10]))
-                    .build()
-                    .expect("entry")
-            })
-            .collect();
+        let entries = ten_byte_entries(500);
         let r = client
             .put_records()
             .stream_name("limited")
@@ -1096,15 +1088,7 @@ async fn write_limits_throttle_per_entry_when_the_stream_enables_them() {
         .await
         .expect("create ON_DEMAND");
     for _ in 0..3 {
-        let entries: Vec<PutRecordsRequestEntry> = (0..500)
-            .map(|i| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(format!("k{i}"))
-                    .data(Blob::new(vec![1u8; 10]))
-                    .build()
-                    .expect("entry")
-            })
-            .collect();
+        let entries = ten_byte_entries(500);
         let r = client
             .put_records()
             .stream_name("free")
@@ -1122,4 +1106,17 @@ async fn write_limits_throttle_per_entry_when_the_stream_enables_them() {
             && l.contains("stream=\"limited\"")),
         "{text}"
     );
+}
+
+/// `n` PutRecords entries of 10 bytes each, keys `k0`, `k1`, ...
+fn ten_byte_entries(n: usize) -> Vec<PutRecordsRequestEntry> {
+    (0..n)
+        .map(|i| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(format!("k{i}"))
+                .data(Blob::new(vec![1u8; 10]))
+                .build()
+                .expect("entry")
+        })
+        .collect()
 }
