@@ -63,11 +63,12 @@ async fn drain(client: &Client, mut it: String, limit: i32) -> (Vec<Rec>, Vec<St
             client.get_records().shard_iterator(&it).limit(limit).send().await.expect("GetRecords");
         assert!(r.records().len() <= limit as usize);
         for rec in r.records() {
-            let arrival = rec
-                .approximate_arrival_timestamp()
-                .expect("arrival time")
-                .to_millis()
-                .expect("millis");
+            // The wire carries epoch seconds as a JSON number with three
+            // decimals; the SDK parses it through f64, which can land a few
+            // nanoseconds short of the millisecond (…123 → …122.9999).
+            // Round to the nearest millisecond to get the server's value.
+            let t = rec.approximate_arrival_timestamp().expect("arrival time");
+            let arrival = t.secs() * 1000 + (i64::from(t.subsec_nanos()) + 500_000) / 1_000_000;
             out.push((
                 rec.partition_key().expect("partition key").to_owned(),
                 rec.data().as_ref().to_vec(),
