@@ -1,16 +1,18 @@
 //! weir-firmware: the `no_std` telemetry core for microcontrollers.
 //!
 //! A sensor node samples its sensors, turns each reading into a wire record,
-//! keeps the encoded serial frames in RAM until its gateway (a weir-agent
+//! keeps the encoded serial frames in RAM (or, with the `flash-queue`
+//! feature, in NOR flash across resets) until its gateway (a weir-agent
 //! reading the serial line) acknowledges them, and sends them over any
 //! `embedded-io` writer:
 //!
 //! ```text
 //! Sensor (Tmp102 over embedded-hal I2C) --read--> Sampler::start .. Tick::read .. Tick::finish
 //!     one batch envelope per tick (+ a health record every `health_every` ticks)
-//!     --encode_frame--> FrameQueue<N, F> (drop oldest when full, count drops)
+//!     --encode_frame--> FrameStore: FrameQueue<N, F> in RAM | FlashQueue<S, F> in flash
+//!                       (drop oldest when full, count drops)
 //!     --Link::poll--> Transport (embedded-io Write) --serial--> gateway
-//!     <--Link::receive-- Ack frames (highest sequence spooled) --> FrameQueue::ack
+//!     <--Link::receive-- Ack frames (highest sequence spooled) --> FrameStore::ack
 //! ```
 //!
 //! No allocator: every buffer is a const-generic capacity chosen by the
@@ -24,6 +26,8 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+#[cfg(feature = "flash-queue")]
+pub mod flash_queue;
 pub mod link;
 pub mod queue;
 pub mod sampler;
@@ -31,7 +35,7 @@ pub mod sensor;
 pub mod tmp102;
 
 pub use link::{Link, LinkStats, Transport};
-pub use queue::{FrameQueue, Pushed};
+pub use queue::{FrameQueue, FrameStore, Pushed};
 pub use sampler::{ConfigError, KeyMode, SampleError, Sampler, SamplerConfig, Tick};
 pub use sensor::{Measurement, Quantity, Sensor};
 pub use tmp102::Tmp102;

@@ -12,7 +12,7 @@
 //!   its own (ignored) frame instead of spoiling the first one.
 //! - The gateway answers with ack frames carrying the highest sequence
 //!   number it has spooled; [`Link::receive`] decodes them and releases the
-//!   frames from the queue ([`FrameQueue::ack`]). Corrupt input and data
+//!   frames from the queue ([`FrameStore::ack`]). Corrupt input and data
 //!   frames are counted and skipped: the decoder resynchronises at the next
 //!   `0x00`.
 //! - When frames are in flight and no ack has released any for
@@ -25,7 +25,7 @@
 
 use weir_wire::{FeedResult, FrameDecoder, FrameKind, max_encoded_frame_len};
 
-use crate::queue::FrameQueue;
+use crate::queue::FrameStore;
 
 /// Bytes of an ack frame on the line: the only frames a node reads.
 pub const ACK_LINE_LEN: usize = max_encoded_frame_len(0);
@@ -97,11 +97,7 @@ impl<T: Transport> Link<T> {
     /// The transport's error. The frame being written stays unsent and is
     /// written whole on the next call (the receiver drops the partial one at
     /// the next delimiter).
-    pub fn poll<const N: usize, const F: usize>(
-        &mut self,
-        queue: &mut FrameQueue<N, F>,
-        now_ms: u64,
-    ) -> Result<usize, T::Error> {
+    pub fn poll<Q: FrameStore>(&mut self, queue: &mut Q, now_ms: u64) -> Result<usize, T::Error> {
         if queue.in_flight() > 0
             && now_ms.saturating_sub(self.waiting_since_ms) >= self.ack_timeout_ms
         {
@@ -127,10 +123,10 @@ impl<T: Transport> Link<T> {
 
     /// Takes bytes received from the gateway and applies every ack in them;
     /// returns how many frames left the queue.
-    pub fn receive<const N: usize, const F: usize>(
+    pub fn receive<Q: FrameStore>(
         &mut self,
         mut input: &[u8],
-        queue: &mut FrameQueue<N, F>,
+        queue: &mut Q,
         now_ms: u64,
     ) -> usize {
         let mut released = 0;
@@ -182,6 +178,7 @@ mod tests {
     use weir_wire::{FrameDecoder, encode_frame};
 
     use super::*;
+    use crate::queue::FrameQueue;
 
     const F: usize = max_encoded_frame_len(8);
 

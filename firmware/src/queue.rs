@@ -31,7 +31,7 @@ use heapless::{Deque, Vec};
 use weir_wire::{FrameError, FrameKind, encode_frame};
 
 /// Whether `a` comes at or before `b` in serial-number arithmetic.
-fn seq_le(a: u32, b: u32) -> bool {
+pub(crate) fn seq_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 1 << 31
 }
 
@@ -184,6 +184,102 @@ impl<const N: usize, const F: usize> FrameQueue<N, F> {
     /// Acks ignored because they named no frame of this queue (saturating).
     pub fn ignored_acks(&self) -> u32 {
         self.ignored_acks
+    }
+}
+
+/// Where the [`crate::Sampler`] queues frames and the [`crate::Link`] sends
+/// them from: [`FrameQueue`] in RAM, or (feature `flash-queue`)
+/// `flash_queue::FlashQueue` in NOR flash.
+///
+/// Both share the semantics of the module docs: numbered data frames, drop
+/// the oldest when full (counted), cumulative acks, a sent cursor that
+/// [`FrameStore::rewind`] moves back to the oldest frame.
+pub trait FrameStore {
+    /// Why [`FrameStore::push`] failed.
+    type Error;
+
+    /// The longest frame on the line (COBS, delimiter included) one slot
+    /// holds.
+    const FRAME_CAPACITY: usize;
+
+    /// Encodes `envelope` as the next data frame and stores it, dropping the
+    /// oldest frame if the store is full.
+    ///
+    /// # Errors
+    /// The frame does not fit a slot, or the store failed; nothing is
+    /// queued and the sequence number is not used then.
+    fn push(&mut self, envelope: &[u8]) -> Result<Pushed, Self::Error>;
+
+    /// Takes the gateway's acknowledgement of every frame up to and including
+    /// `seq`; returns how many frames left the store.
+    fn ack(&mut self, seq: u32) -> usize;
+
+    /// The first frame not yet sent, as `(seq, bytes on the line)`.
+    fn next_unsent(&mut self) -> Option<(u32, &[u8])>;
+
+    /// Records that the frame [`FrameStore::next_unsent`] returned was sent.
+    fn mark_sent(&mut self);
+
+    /// Marks every stored frame unsent, so that all are sent again.
+    fn rewind(&mut self);
+
+    /// Frames sent and not yet acknowledged.
+    fn in_flight(&self) -> usize;
+
+    /// Frames stored (sent or not).
+    fn len(&self) -> usize;
+
+    /// Whether no frame is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number the next pushed frame will get.
+    fn next_seq(&self) -> u32;
+
+    /// Frames dropped because the store was full (saturating).
+    fn dropped(&self) -> u32;
+}
+
+impl<const N: usize, const F: usize> FrameStore for FrameQueue<N, F> {
+    type Error = FrameError;
+
+    const FRAME_CAPACITY: usize = F;
+
+    fn push(&mut self, envelope: &[u8]) -> Result<Pushed, FrameError> {
+        FrameQueue::push(self, envelope)
+    }
+
+    fn ack(&mut self, seq: u32) -> usize {
+        FrameQueue::ack(self, seq)
+    }
+
+    fn next_unsent(&mut self) -> Option<(u32, &[u8])> {
+        FrameQueue::next_unsent(self)
+    }
+
+    fn mark_sent(&mut self) {
+        FrameQueue::mark_sent(self);
+    }
+
+    fn rewind(&mut self) {
+        FrameQueue::rewind(self);
+    }
+
+    fn in_flight(&self) -> usize {
+        FrameQueue::in_flight(self)
+    }
+
+    fn len(&self) -> usize {
+        FrameQueue::len(self)
+    }
+
+    fn next_seq(&self) -> u32 {
+        FrameQueue::next_seq(self)
+    }
+
+    fn dropped(&self) -> u32 {
+        FrameQueue::dropped(self)
     }
 }
 

@@ -3,10 +3,22 @@
 //! Each tick ([`Sampler::start`] .. [`Tick::read`] per sensor ..
 //! [`Tick::finish`]) builds one batch envelope in the sampler's `B`-byte
 //! buffer with the wire crate's `batch_encoder` (no allocator, no copy),
-//! whose producer id is the node id and whose batch sequence number is the
-//! frame's sequence number, and queues it as one data frame
-//! ([`FrameQueue::push`]). Every `health_every` ticks, starting with the
-//! first, the batch opens with a health record.
+//! whose producer id is `<node id>@<boot id>` and whose batch sequence
+//! number is the frame's sequence number, and queues it as one data frame
+//! in any [`FrameStore`] (the RAM [`crate::FrameQueue`], or the flash queue).
+//! Every `health_every` ticks, starting with the first, the batch opens with
+//! a health record.
+//!
+//! # Producer id and boot id
+//!
+//! The boot id (8 lowercase hex digits) makes each boot of a node its own
+//! producer: a node whose RAM queue restarts its sequence numbers after a
+//! reset does not send batches the gateway would take for retransmits of the
+//! previous boot's (it dedupes per producer id and sequence number). Boards
+//! take it from a boot counter in flash (`flash_queue::next_boot_id`, feature
+//! `flash-queue`) or any value that changes per boot (a clock, a random
+//! number). Records keep the plain node id as their
+//! partition key, so all boots of a node land on the same shard.
 //!
 //! # Records
 //!
@@ -33,8 +45,15 @@ use weir_wire::{
     batch_encoder, max_encoded_frame_len,
 };
 
-use crate::queue::{FrameQueue, Pushed};
+use crate::queue::{FrameStore, Pushed};
 use crate::sensor::{Measurement, Sensor};
+
+/// Longest node id, in bytes: the producer id `<node id>@<boot id>` must fit
+/// the wire's [`MAX_PRODUCER_ID_BYTES`].
+pub const MAX_NODE_ID_BYTES: usize = MAX_PRODUCER_ID_BYTES - BOOT_SUFFIX_BYTES;
+
+/// `@` and 8 hex digits.
+const BOOT_SUFFIX_BYTES: usize = 9;
 
 /// Longest sensor name, in bytes.
 pub const MAX_SENSOR_NAME_BYTES: usize = 32;
@@ -60,9 +79,12 @@ pub enum KeyMode {
 /// How a [`Sampler`] is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SamplerConfig<'a> {
-    /// The node's id: the batches' producer id and the records' partition
-    /// key, 1 to 64 bytes.
+    /// The node's id: the records' partition key and the first part of the
+    /// batches' producer id, 1 to [`MAX_NODE_ID_BYTES`] (55) bytes.
     pub node_id: &'a str,
+    /// This boot's id, different on every boot: the batches' producer id is
+    /// `<node_id>@<boot_id as 8 lowercase hex digits>`.
+    pub boot_id: u32,
     /// Partition keys per node or per sensor.
     pub keys: KeyMode,
     /// A health record every this many ticks (at least 1).
@@ -73,11 +95,12 @@ impl SamplerConfig<'_> {
     /// Checks the configuration.
     ///
     /// # Errors
-    /// [`ConfigError::InvalidNodeId`] unless `node_id` is 1 to 64 bytes;
+    /// [`ConfigError::InvalidNodeId`] unless `node_id` is 1 to
+    /// [`MAX_NODE_ID_BYTES`] bytes;
     /// [`ConfigError::ZeroHealthInterval`] if `health_every` is 0.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bytes = self.node_id.len();
-        if bytes == 0 || bytes > MAX_PRODUCER_ID_BYTES {
+        if bytes == 0 || bytes > MAX_NODE_ID_BYTES {
             return Err(ConfigError::InvalidNodeId { bytes });
         }
         if self.health_every == 0 {
@@ -91,7 +114,7 @@ impl SamplerConfig<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ConfigError {
-    /// `node_id` must be 1 to 64 bytes.
+    /// `node_id` must be 1 to [`MAX_NODE_ID_BYTES`] bytes.
     InvalidNodeId {
         /// Its length in bytes.
         bytes: usize,
@@ -104,7 +127,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidNodeId { bytes } => {
-                write!(f, "node_id is {bytes} bytes; it must be 1 to {MAX_PRODUCER_ID_BYTES}")
+                write!(f, "node_id is {bytes} bytes; it must be 1 to {MAX_NODE_ID_BYTES}")
             }
             Self::ZeroHealthInterval => f.write_str("health_every must be at least 1"),
         }
@@ -113,9 +136,10 @@ impl fmt::Display for ConfigError {
 
 impl core::error::Error for ConfigError {}
 
-/// Why a tick or a reading failed. `E` is the sensor's error.
+/// Why a tick or a reading failed. `E` is the sensor's error, `Q` the frame
+/// store's ([`FrameStore::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SampleError<E = Infallible> {
+pub enum SampleError<E = Infallible, Q = FrameError> {
     /// The sensor failed; counted in the health record's `sensor_errors`.
     Sensor(E),
     /// The sensor's name is empty, longer than [`MAX_SENSOR_NAME_BYTES`], or
@@ -124,11 +148,11 @@ pub enum SampleError<E = Infallible> {
     /// The record did not fit the batch buffer (`B` too small for the
     /// sensors of one tick), or broke a wire limit.
     Encode(EncodeError),
-    /// The envelope could not be framed.
-    Frame(FrameError),
+    /// The envelope could not be framed or stored; nothing was queued.
+    Frame(Q),
 }
 
-impl<E: fmt::Debug> fmt::Display for SampleError<E> {
+impl<E: fmt::Debug, Q: fmt::Display> fmt::Display for SampleError<E, Q> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sensor(e) => write!(f, "sensor read failed: {e:?}"),
@@ -136,12 +160,12 @@ impl<E: fmt::Debug> fmt::Display for SampleError<E> {
                 "sensor name must be 1 to 32 bytes of ASCII letters, digits, '.', '_' or '-'",
             ),
             Self::Encode(e) => write!(f, "record not encoded: {e}"),
-            Self::Frame(e) => write!(f, "frame not encoded: {e}"),
+            Self::Frame(e) => write!(f, "frame not queued: {e}"),
         }
     }
 }
 
-impl<E: fmt::Debug> core::error::Error for SampleError<E> {
+impl<E: fmt::Debug, Q: core::error::Error + 'static> core::error::Error for SampleError<E, Q> {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             Self::Encode(e) => Some(e),
@@ -168,11 +192,14 @@ fn valid_sensor_name(name: &str) -> bool {
 }
 
 /// Builds one frame per tick from sensor readings. `B` is the largest
-/// envelope in bytes (at most [`MAX_FRAME_PAYLOAD`]); the queue's frame size
-/// must be at least [`max_encoded_frame_len`]`(B)`.
+/// envelope in bytes (at most [`MAX_FRAME_PAYLOAD`]); the frame store's
+/// [`FrameStore::FRAME_CAPACITY`] must be at least
+/// [`max_encoded_frame_len`]`(B)` (checked at compile time).
 #[derive(Debug)]
 pub struct Sampler<const B: usize> {
-    node_id: String<MAX_PRODUCER_ID_BYTES>,
+    node_id: String<MAX_NODE_ID_BYTES>,
+    /// `<node id>@<boot id>`.
+    producer_id: String<MAX_PRODUCER_ID_BYTES>,
     keys: KeyMode,
     health_every: u32,
     ticks: u32,
@@ -188,12 +215,14 @@ impl<const B: usize> Sampler<B> {
     pub fn new(config: &SamplerConfig<'_>) -> Result<Self, ConfigError> {
         const { assert!(B <= MAX_FRAME_PAYLOAD, "an envelope must fit one frame") };
         config.validate()?;
+        let invalid = ConfigError::InvalidNodeId { bytes: config.node_id.len() };
         let mut node_id = String::new();
-        node_id
-            .push_str(config.node_id)
-            .map_err(|()| ConfigError::InvalidNodeId { bytes: config.node_id.len() })?;
+        node_id.push_str(config.node_id).map_err(|()| invalid)?;
+        let mut producer_id = String::new();
+        write!(producer_id, "{}@{:08x}", config.node_id, config.boot_id).map_err(|_| invalid)?;
         Ok(Self {
             node_id,
+            producer_id,
             keys: config.keys,
             health_every: config.health_every,
             ticks: 0,
@@ -211,16 +240,21 @@ impl<const B: usize> Sampler<B> {
     /// # Errors
     /// [`SampleError::Encode`] if `B` cannot hold the batch header and the
     /// health record.
-    pub fn start<'s, 'q, const N: usize, const F: usize>(
+    pub fn start<'s, 'q, Q: FrameStore>(
         &'s mut self,
-        queue: &'q mut FrameQueue<N, F>,
+        queue: &'q mut Q,
         uptime_ms: u64,
         timestamp_ms: Option<u64>,
-    ) -> Result<Tick<'s, 'q, N, F>, SampleError> {
-        const { assert!(F >= max_encoded_frame_len(B), "queue slots must hold a full envelope") };
+    ) -> Result<Tick<'s, 'q, Q>, SampleError> {
+        const {
+            assert!(
+                Q::FRAME_CAPACITY >= max_encoded_frame_len(B),
+                "queue slots must hold a full envelope"
+            )
+        };
         let health_due = self.ticks.is_multiple_of(self.health_every);
         self.ticks = self.ticks.wrapping_add(1);
-        let batch = batch_encoder(&mut self.buf, &self.node_id, u64::from(queue.next_seq()))
+        let batch = batch_encoder(&mut self.buf, &self.producer_id, u64::from(queue.next_seq()))
             .map_err(SampleError::Encode)?;
         let mut tick = Tick {
             batch,
@@ -241,21 +275,26 @@ impl<const B: usize> Sampler<B> {
     pub fn sensor_errors(&self) -> u32 {
         self.sensor_errors
     }
+
+    /// The batches' producer id: `<node id>@<boot id>`.
+    pub fn producer_id(&self) -> &str {
+        &self.producer_id
+    }
 }
 
 /// One tick in progress: read each sensor, then [`Tick::finish`].
 #[derive(Debug)]
-pub struct Tick<'s, 'q, const N: usize, const F: usize> {
+pub struct Tick<'s, 'q, Q> {
     batch: BatchEncoder<'s>,
     node_id: &'s str,
     keys: KeyMode,
     uptime_ms: u64,
     timestamp_ms: Option<u64>,
     sensor_errors: &'s mut u32,
-    queue: &'q mut FrameQueue<N, F>,
+    queue: &'q mut Q,
 }
 
-impl<const N: usize, const F: usize> Tick<'_, '_, N, F> {
+impl<Q: FrameStore> Tick<'_, '_, Q> {
     /// Reads `sensor` and adds its record to the batch.
     ///
     /// # Errors
@@ -306,9 +345,9 @@ impl<const N: usize, const F: usize> Tick<'_, '_, N, F> {
     /// due and no sensor read).
     ///
     /// # Errors
-    /// [`SampleError::Frame`] if the envelope cannot be framed; nothing is
-    /// queued then.
-    pub fn finish(self) -> Result<Option<Pushed>, SampleError> {
+    /// [`SampleError::Frame`] if the envelope cannot be framed or stored;
+    /// nothing is queued then.
+    pub fn finish(self) -> Result<Option<Pushed>, SampleError<Infallible, Q::Error>> {
         if self.batch.is_empty() {
             return Ok(None);
         }
@@ -352,6 +391,7 @@ mod tests {
     use weir_wire::{Envelope, FeedResult, FrameDecoder, FrameKind};
 
     use super::*;
+    use crate::queue::FrameQueue;
     use crate::sensor::Quantity;
     use crate::tmp102::{self, Address, Tmp102};
 
@@ -406,7 +446,7 @@ mod tests {
     }
 
     fn config(keys: KeyMode, health_every: u32) -> SamplerConfig<'static> {
-        SamplerConfig { node_id: "node-1", keys, health_every }
+        SamplerConfig { node_id: "node-1", boot_id: 0x2a, keys, health_every }
     }
 
     fn health(dropped: u32, queued: usize, errors: u32, uptime: u64) -> StdString {
@@ -444,7 +484,7 @@ mod tests {
             [
                 Batch {
                     seq: 40,
-                    producer: "node-1".into(),
+                    producer: "node-1@0000002a".into(),
                     batch_seq: 40,
                     records: vec![
                         ("node-1".into(), ts, health(0, 0, 0, 1_000)),
@@ -453,7 +493,7 @@ mod tests {
                 },
                 Batch {
                     seq: 41,
-                    producer: "node-1".into(),
+                    producer: "node-1@0000002a".into(),
                     batch_seq: 41,
                     records: vec![("node-1".into(), None, reading("-25.000", 2_000))],
                 },
@@ -540,7 +580,7 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_refused() {
-        let long = "n".repeat(65);
+        let long = "n".repeat(56);
         let bad = [
             (
                 SamplerConfig { node_id: "", ..config(KeyMode::Node, 1) },
@@ -548,7 +588,7 @@ mod tests {
             ),
             (
                 SamplerConfig { node_id: &long, ..config(KeyMode::Node, 1) },
-                ConfigError::InvalidNodeId { bytes: 65 },
+                ConfigError::InvalidNodeId { bytes: 56 },
             ),
             (config(KeyMode::Node, 0), ConfigError::ZeroHealthInterval),
         ];
@@ -557,7 +597,27 @@ mod tests {
         }
         assert_eq!(
             ConfigError::InvalidNodeId { bytes: 0 }.to_string(),
-            "node_id is 0 bytes; it must be 1 to 64"
+            "node_id is 0 bytes; it must be 1 to 55"
         );
+    }
+
+    #[test]
+    fn each_boot_is_its_own_producer_keyed_by_the_node() {
+        // The longest node id still makes a producer id the wire accepts.
+        let node_id = "n".repeat(MAX_NODE_ID_BYTES);
+        let mut queue = FrameQueue::<4, F>::new();
+        for boot_id in [0, 0xdead_beef] {
+            let config = SamplerConfig { node_id: &node_id, boot_id, ..config(KeyMode::Node, 1) };
+            let mut sampler = Sampler::<B>::new(&config).expect("config");
+            let expected = std::format!("{node_id}@{boot_id:08x}");
+            assert_eq!(sampler.producer_id(), expected);
+            sampler.start(&mut queue, 0, None).expect("start").finish().expect("finish");
+        }
+        let got = frames(&mut queue);
+        let producers: Vec<&str> = got.iter().map(|b| b.producer.as_str()).collect();
+        let boot_a = std::format!("{node_id}@00000000");
+        let boot_b = std::format!("{node_id}@deadbeef");
+        assert_eq!(producers, [boot_a.as_str(), boot_b.as_str()]);
+        assert!(got.iter().all(|b| b.records[0].0 == node_id), "partition key: the node id");
     }
 }

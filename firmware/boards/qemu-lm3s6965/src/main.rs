@@ -12,7 +12,13 @@
 //! semihosting (QEMU's stdout; decode it with `defmt-print -e <elf>`).
 //!
 //! Time is simulated: tick `n` happens at uptime `n * TICK_MS` (QEMU's
-//! lm3s6965 has no calibrated clock the example needs).
+//! lm3s6965 has no calibrated clock the example needs). Ticks are paced
+//! [`TICK_PACE_MS`] apart in host time (SysTick, which QEMU runs from the
+//! host clock), so a gateway's acks arrive while it runs. After the last tick
+//! the example prints its link counters (`link: acks .. queued ..`) over
+//! semihosting; if the gateway acknowledged anything it waits up to
+//! [`ACK_WAIT_MS`] for every frame to be acknowledged and fails otherwise.
+//! Without a gateway (nothing ever acked) it ends right away.
 #![no_std]
 #![no_main]
 
@@ -22,6 +28,8 @@ use defmt_semihosting as _; // the global defmt logger
 use core::convert::Infallible;
 use core::ptr;
 
+use cortex_m::peripheral::SYST;
+use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::debug;
 use embedded_hal::i2c::{self, ErrorKind, I2c, NoAcknowledgeSource, Operation};
@@ -46,6 +54,37 @@ const QUEUE: usize = 8;
 /// Resend unacknowledged frames after this long without an ack; longer than
 /// the run, so without a gateway every frame goes out exactly once.
 const ACK_TIMEOUT_MS: u64 = 60_000;
+/// Host milliseconds between ticks.
+const TICK_PACE_MS: u64 = 50;
+/// Host milliseconds a gateway that acks gets to acknowledge every frame.
+const ACK_WAIT_MS: u64 = 10_000;
+/// SysTick counts per host millisecond (QEMU's lm3s6965 core clock).
+const SYSTICK_PER_MS: u32 = 12_000;
+
+/// Host time from SysTick (QEMU drives it from the host clock).
+struct Clock {
+    syst: SYST,
+    ms: u64,
+}
+
+impl Clock {
+    fn new(mut syst: SYST) -> Self {
+        syst.set_clock_source(SystClkSource::Core);
+        syst.set_reload(SYSTICK_PER_MS - 1);
+        syst.clear_current();
+        syst.enable_counter();
+        Self { syst, ms: 0 }
+    }
+
+    /// Host milliseconds since [`Clock::new`]; call it at least once a
+    /// millisecond (a missed wrap only makes waits longer).
+    fn now_ms(&mut self) -> u64 {
+        if self.syst.has_wrapped() {
+            self.ms += 1;
+        }
+        self.ms
+    }
+}
 
 /// A bus with one simulated TMP102 at `0x48` whose temperature drifts
 /// between 20 °C and 30 °C, a little on every temperature read.
@@ -184,11 +223,26 @@ fn main() -> ! {
     }
 }
 
+/// This boot's id, part of the batches' producer id: the host's clock in
+/// seconds (semihosting `SYS_TIME`), so each run is its own producer. A real
+/// board keeps a boot counter in flash instead
+/// (`weir_firmware::flash_queue::next_boot_id`); QEMU's lm3s6965 does not
+/// emulate flash programming.
+fn boot_id() -> u32 {
+    // SAFETY: SYS_TIME takes no parameter block; it only returns a number.
+    let seconds = unsafe { cortex_m_semihosting::syscall!(TIME) };
+    seconds as u32
+}
+
 /// Samples [`SAMPLES`] ticks and sends their frames; `Err` on the first
 /// failure.
 fn run() -> Result<(), ()> {
-    let config =
-        SamplerConfig { node_id: NODE_ID, keys: KeyMode::Node, health_every: HEALTH_EVERY };
+    let config = SamplerConfig {
+        node_id: NODE_ID,
+        boot_id: boot_id(),
+        keys: KeyMode::Node,
+        health_every: HEALTH_EVERY,
+    };
     // The big buffers live in statics (counted by `size` as .bss), not on
     // the stack.
     let sampler = Sampler::<ENVELOPE>::new(&config).map_err(drop)?;
@@ -197,6 +251,7 @@ fn run() -> Result<(), ()> {
     let mut sensor = Tmp102::new(FakeI2c::new(), Address::Gnd);
     let mut link = Link::new(Uart0::new(), ACK_TIMEOUT_MS);
     let mut rx = [0u8; 32];
+    let mut clock = Clock::new(cortex_m::Peripherals::take().ok_or(())?.SYST);
 
     for tick in 0..SAMPLES {
         let now_ms = u64::from(tick) * TICK_MS;
@@ -213,8 +268,33 @@ fn run() -> Result<(), ()> {
             _sent,
             queue.len()
         );
+        let pace_until = clock.now_ms() + TICK_PACE_MS;
+        while clock.now_ms() < pace_until {
+            let n = link.transport_mut().read_available(&mut rx);
+            link.receive(&rx[..n], queue, now_ms);
+        }
+    }
+    // A gateway that acknowledged anything must acknowledge everything.
+    let last_ms = u64::from(SAMPLES) * TICK_MS;
+    let wait_until = clock.now_ms() + ACK_WAIT_MS;
+    while link.stats().acks > 0 && !queue.is_empty() && clock.now_ms() < wait_until {
         let n = link.transport_mut().read_available(&mut rx);
-        link.receive(&rx[..n], queue, now_ms);
+        link.receive(&rx[..n], queue, last_ms);
+    }
+    let stats = link.stats();
+    #[cfg(not(feature = "defmt"))]
+    cortex_m_semihosting::hprintln!(
+        "link: acks {} queued {} sent {} retransmits {} bad {}",
+        stats.acks,
+        queue.len(),
+        stats.frames_sent,
+        stats.retransmits,
+        stats.bad_frames
+    );
+    #[cfg(feature = "defmt")]
+    defmt::info!("link: acks {} queued {}", stats.acks, queue.len());
+    if stats.acks > 0 && !queue.is_empty() {
+        return Err(());
     }
     Ok(())
 }
