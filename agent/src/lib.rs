@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  file input (thread per input: tail → multiline) --+
-//!  metrics input (thread per input: sysinfo) --------+--> bounded channel --> batcher (thread)
+//!  metrics input (thread per input: sysinfo) --------+
+//!  serial input (thread per input: frames, acks) ----+--> bounded channel --> batcher (thread)
 //!                                                                               | wire batch + checkpoints
 //!                                                                               v
 //!                   collector <-- MQTT/TLS QoS 1 <-- shipper (task) <-- cursor -- spool (disk)
@@ -140,6 +141,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(thread_err("batcher"))?;
 
     let mut inputs = Vec::new();
+    let serial_stats: Vec<Option<Arc<input::serial::SerialStats>>> = config
+        .inputs
+        .iter()
+        .map(|i| matches!(i.kind, InputKind::Serial(_)).then(Arc::default))
+        .collect();
     for (index, input) in config.inputs.iter().enumerate() {
         let handle = match &input.kind {
             InputKind::File(f) => input::file::spawn(
@@ -165,6 +171,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 tx.clone(),
                 shared.clone(),
             ),
+            InputKind::Serial(sc) => input::serial::spawn(
+                input::serial::SerialTask {
+                    index,
+                    name: input.name.clone(),
+                    device_id: config.device_id.clone(),
+                    config: sc.clone(),
+                    checkpoints: table.for_input(&input.name),
+                    spool: spool.clone(),
+                    stats: serial_stats[index].clone().unwrap_or_default(),
+                },
+                tx.clone(),
+                shared.clone(),
+            ),
         };
         match handle {
             Ok(h) => inputs.push(h),
@@ -182,7 +201,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         spool.clone(),
         shared.clone(),
     ));
-    let reporter = Reporter { config: Arc::new(config), producer_id, started_at_ms: now_ms() };
+    let reporter = Reporter {
+        config: Arc::new(config),
+        producer_id,
+        started_at_ms: now_ms(),
+        serial: serial_stats,
+    };
     let status_task = {
         let (reporter, shared, spool) = (reporter.clone(), shared.clone(), spool.clone());
         tokio::spawn(async move {
@@ -249,6 +273,8 @@ struct Reporter {
     config: Arc<Config>,
     producer_id: String,
     started_at_ms: u64,
+    /// Counters of the serial inputs, by input index.
+    serial: Vec<Option<Arc<input::serial::SerialStats>>>,
 }
 
 impl Reporter {
@@ -271,7 +297,8 @@ impl Reporter {
             .inputs
             .iter()
             .zip(&shared.inputs)
-            .map(|(input, s)| {
+            .zip(&self.serial)
+            .map(|((input, s), serial)| {
                 let spooled = checkpoints.for_input(&input.name);
                 let files = lock(&s.files)
                     .iter()
@@ -289,6 +316,7 @@ impl Reporter {
                     kind: match input.kind {
                         InputKind::File(_) => "file".into(),
                         InputKind::Metrics(_) => "metrics".into(),
+                        InputKind::Serial(_) => "serial".into(),
                     },
                     stream: input.stream.clone(),
                     records: s.records.load(Ordering::Relaxed),
@@ -299,6 +327,7 @@ impl Reporter {
                     errors: s.errors.load(Ordering::Relaxed),
                     last_error: s.last_error.get(),
                     files,
+                    serial: serial.as_deref().map(status::serial_status),
                 }
             })
             .collect();

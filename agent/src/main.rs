@@ -174,6 +174,27 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
                     input.name, m.interval, input.stream
                 )?;
             }
+            InputKind::Serial(sc) => {
+                let line = match &sc.source {
+                    weir_agent::config::SerialSource::Device { path, baud } => {
+                        format!("device {} at {baud} baud", path.display())
+                    }
+                    weir_agent::config::SerialSource::Socket { path } => {
+                        format!("socket {}", path.display())
+                    }
+                };
+                writeln!(out, "input {:?}: serial, {line} -> stream {}", input.name, input.stream)?;
+                if !sc.source.path().exists() {
+                    // Not an error: a USB adapter or QEMU may come later;
+                    // the input keeps trying to open it.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{}: `inputs[{i}]`: {} does not exist yet (the input retries until it does)",
+                        config.origin,
+                        sc.source.path().display()
+                    );
+                }
+            }
         }
     }
     if problems > 0 {

@@ -152,6 +152,78 @@ pub struct InputStatus {
     pub last_error: Option<ErrorNote>,
     /// Followed files.
     pub files: Vec<FileStatus>,
+    /// The line and its frames (serial inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialStatus>,
+}
+
+/// The line of a serial input, in [`InputStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialStatus {
+    /// Whether the line is open.
+    pub connected: bool,
+    /// Times it was opened.
+    pub connects: u64,
+    /// Data frames taken.
+    pub frames: u64,
+    /// Frames that failed their checks (COBS, CRC, cut short), skipped.
+    pub corrupt: u64,
+    /// Frames over the size bound, skipped.
+    pub oversized: u64,
+    /// Data frames whose envelope did not decode, skipped.
+    pub invalid: u64,
+    /// Frames that were not data frames.
+    pub unexpected: u64,
+    /// Retransmitted frames, not spooled again.
+    pub duplicates: u64,
+    /// Node restarts seen (a sequence number back with new content).
+    pub restarts: u64,
+    /// Frames that never arrived (the node no longer had them to resend).
+    pub missed: u64,
+    /// Ack frames written.
+    pub acks_sent: u64,
+    /// The nodes heard on the line.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of a serial input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its producer id.
+    pub producer: String,
+    /// Highest frame sequence number taken in order.
+    pub received_seq: Option<u32>,
+    /// Highest frame sequence number acknowledged (spooled).
+    pub acked_seq: Option<u32>,
+    /// Frames held after a gap, waiting for the missing ones.
+    pub held: usize,
+}
+
+/// A serial input's counters as its status.
+pub fn serial_status(s: &crate::input::serial::SerialStats) -> SerialStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    SerialStatus {
+        connected: s.connected.load(Relaxed),
+        connects: s.connects.load(Relaxed),
+        frames: s.frames.load(Relaxed),
+        corrupt: s.corrupt.load(Relaxed),
+        oversized: s.oversized.load(Relaxed),
+        invalid: s.invalid.load(Relaxed),
+        unexpected: s.unexpected.load(Relaxed),
+        duplicates: s.duplicates.load(Relaxed),
+        restarts: s.restarts.load(Relaxed),
+        missed: s.missed.load(Relaxed),
+        acks_sent: s.acks_sent.load(Relaxed),
+        nodes: crate::stats::lock(&s.nodes)
+            .iter()
+            .map(|n| NodeStatus {
+                producer: n.producer.clone(),
+                received_seq: n.received_seq,
+                acked_seq: n.acked_seq,
+                held: n.held,
+            })
+            .collect(),
+    }
 }
 
 /// Why the status could not be read.
@@ -303,9 +375,35 @@ pub fn render(s: &Status, now_ms: u64) -> String {
                 i.truncations
             );
         }
+        if let Some(l) = &i.serial {
+            let _ = write!(
+                o,
+                ", line {}, {} frames, {} corrupt, {} oversized, {} invalid, {} duplicates, {} missed, {} restarts, {} acks sent",
+                if l.connected { "open" } else { "closed" },
+                l.frames,
+                l.corrupt,
+                l.oversized,
+                l.invalid,
+                l.duplicates,
+                l.missed,
+                l.restarts,
+                l.acks_sent
+            );
+        }
         let _ = writeln!(o, ", {} errors", i.errors);
         if let Some(e) = &i.last_error {
             let _ = writeln!(o, "    last error ({}): {}", ago(now_ms, e.at_ms), e.message);
+        }
+        for n in i.serial.iter().flat_map(|l| &l.nodes) {
+            let seq = |s: Option<u32>| s.map_or_else(|| "-".to_owned(), |s| s.to_string());
+            let _ = writeln!(
+                o,
+                "    node {}  received {}  acked {}  held {}",
+                n.producer,
+                seq(n.received_seq),
+                seq(n.acked_seq),
+                n.held
+            );
         }
         for f in &i.files {
             let spooled = f.spooled_offset.map_or_else(|| "-".to_owned(), |o| o.to_string());
@@ -372,6 +470,7 @@ mod tests {
                     read_offset: 10,
                     spooled_offset: Some(8),
                 }],
+                serial: None,
             }],
             last_error: None,
         }

@@ -479,7 +479,8 @@ fn bad_configurations_are_refused_with_the_key_at_fault() {
     let cases: Vec<(String, &str)> = vec![
         (good.replace("stream = \"logs\"", "stream = \"logs\"\npahts = [\"x\"]"), "pahts"),
         (good.replace("stream = \"logs\"", ""), "`inputs[0].stream`"),
-        (good.replace("kind = \"file\"", "kind = \"serial\""), "not supported yet"),
+        // A serial input takes a device or a socket, not file globs.
+        (good.replace("kind = \"file\"", "kind = \"serial\""), "`inputs[0].paths`"),
         (good.replace("mqtts://127.0.0.1:1", "http://x"), "`collector.address`"),
         (
             good.replace("stream = \"logs\"", "stream = \"logs\"\nmultiline_start = \"(\""),

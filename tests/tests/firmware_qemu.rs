@@ -8,106 +8,39 @@
 //! Needs `qemu-system-arm` and the `thumbv7m-none-eabi` target; `scripts/test`
 //! installs both when they are missing.
 
-use std::fs::File;
+mod firmware_support;
+
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use firmware_support::{HEALTH_EVERY, NODE_ID, Qemu, SAMPLES, build_example};
 use weir_wire::{Envelope, FeedResult, FrameDecoder, FrameKind, max_encoded_frame_len};
 
-/// What the example is built to do (`src/main.rs` there).
-const NODE_ID: &str = "qemu-lm3s6965";
-const SAMPLES: u32 = 16;
-const HEALTH_EVERY: u32 = 4;
 /// Room for any frame the example sends (its envelopes are at most 320 bytes).
 const LINE: usize = max_encoded_frame_len(1024);
-/// The whole run (boot, 16 ticks, exit) takes well under a second in QEMU.
+/// The whole run (boot, 16 ticks, exit) takes about a second in QEMU.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
-/// Builds the example in release (its size-tuned profile) under the
-/// workspace's target directory; returns the ELF.
-fn build_example() -> PathBuf {
-    let root = workspace_root();
-    let board = root.join("firmware/boards/qemu-lm3s6965");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("firmware-boards");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(&board)
-        // The board's `.cargo/config.toml` sets the target and the linker
-        // script; flags from the outer build would replace them.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .expect("run cargo build for the board example");
-    assert!(status.success(), "cargo build --release in {} failed: {status}", board.display());
-    target_dir.join("thumbv7m-none-eabi/release/weir-board-qemu-lm3s6965")
-}
-
-/// Kills QEMU if the test ends early.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 #[test]
 fn qemu_board_example_sends_numbered_batches_over_uart0() {
     let elf = build_example();
     let tmp = tempfile::tempdir().expect("tempdir");
     let socket = tmp.path().join("uart0.sock");
-    let log = tmp.path().join("qemu.log");
-    let mut cmd = Command::new("qemu-system-arm");
-    cmd.args(["-cpu", "cortex-m3", "-machine", "lm3s6965evb", "-nographic", "-monitor", "none"])
-        .args(["-semihosting-config", "enable=on,target=native"])
-        // wait=on: the guest starts only once the test is connected, so no
-        // byte is sent to nobody.
-        .arg("-serial")
-        .arg(format!("unix:{},server=on,wait=on", socket.display()))
-        .arg("-kernel")
-        .arg(&elf)
-        .stdin(Stdio::null())
-        .stdout(File::create(&log).expect("qemu log"))
-        .stderr(File::create(tmp.path().join("qemu.err")).expect("qemu stderr log"));
-    let command_line = format!("{cmd:?}");
-    let mut qemu = Qemu(cmd.spawn().expect("start qemu-system-arm (scripts/test installs it)"));
+    let mut qemu = Qemu::start(&elf, &socket, tmp.path());
     let deadline = Instant::now() + RUN_TIMEOUT;
-    let context = |log: &Path| {
-        format!(
-            "command: {command_line}\nstdout: {}\nstderr: {}",
-            read_log(log),
-            read_log(&log.with_file_name("qemu.err"))
-        )
-    };
 
     let mut stream = loop {
         match UnixStream::connect(&socket) {
             Ok(stream) => break stream,
             Err(e) => {
-                if let Some(status) = qemu.0.try_wait().expect("poll qemu") {
-                    panic!("qemu exited ({status}) before UART0 opened\n{}", context(&log));
+                if let Some(status) = qemu.try_wait() {
+                    panic!("qemu exited ({status}) before UART0 opened\n{}", qemu.context());
                 }
                 assert!(
                     Instant::now() < deadline,
                     "UART0 socket never opened: {e}\n{}",
-                    context(&log)
+                    qemu.context()
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -119,28 +52,25 @@ fn qemu_board_example_sends_numbered_batches_over_uart0() {
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "UART0 still open after {RUN_TIMEOUT:?}\n{}", context(&log));
+        assert!(!left.is_zero(), "UART0 still open after {RUN_TIMEOUT:?}\n{}", qemu.context());
         stream.set_read_timeout(Some(left)).expect("read timeout");
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => line.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("reading UART0: {e} after {} bytes\n{}", line.len(), context(&log)),
+            Err(e) => panic!("reading UART0: {e} after {} bytes\n{}", line.len(), qemu.context()),
         }
     }
-    let status = loop {
-        if let Some(status) = qemu.0.try_wait().expect("poll qemu") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "qemu still running\n{}", context(&log));
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "the example exited with {status}\n{}", context(&log));
+    let status = qemu
+        .wait_until(deadline)
+        .unwrap_or_else(|| panic!("qemu still running\n{}", qemu.context()));
+    assert!(status.success(), "the example exited with {status}\n{}", qemu.context());
 
     let mut decoder = FrameDecoder::<LINE>::new();
     let mut input = &line[..];
     let mut seqs = Vec::new();
     let mut temperatures = Vec::new();
+    let mut first_producer: Option<String> = None;
     loop {
         let frame = match decoder.feed(input) {
             FeedResult::Consumed => break,
@@ -154,7 +84,16 @@ fn qemu_board_example_sends_numbered_batches_over_uart0() {
         let Ok(Envelope::Batch(batch)) = Envelope::decode(frame.payload) else {
             panic!("frame {} is not a batch envelope", frame.seq);
         };
-        assert_eq!(batch.producer_id(), NODE_ID);
+        // `<node id>@<boot id>`: 8 lowercase hex digits, one per boot.
+        let boot_id = batch.producer_id().strip_prefix(NODE_ID).and_then(|s| s.strip_prefix('@'));
+        assert!(
+            boot_id.is_some_and(|id| id.len() == 8
+                && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            "producer id {:?} is not <node id>@<boot id>",
+            batch.producer_id()
+        );
+        let producer = first_producer.get_or_insert_with(|| batch.producer_id().to_owned());
+        assert_eq!(batch.producer_id(), producer, "one producer id per boot");
         assert_eq!(batch.batch_seq(), u64::from(frame.seq));
         let mut metrics = Vec::new();
         for record in batch.records() {

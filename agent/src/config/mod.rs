@@ -57,7 +57,16 @@
 //! stream = "metrics"
 //! partition_key = "{device_id}"      # {metric} also works
 //!
-//! # [[inputs]] kind = "serial" is reserved for the firmware issue.
+//! [[inputs]]
+//! kind = "serial"                     # frames from a sensor node (firmware/)
+//! name = "uart0"                      # default: the device or socket path
+//! path = "/dev/ttyUSB0"               # a tty or pty, raw 8N1 ...
+//! baud = 115200                       # ... at this rate
+//! # socket = "/tmp/weir-uart0.sock"   # or a Unix socket to connect to (QEMU); not both
+//! max_frame_bytes = 4096              # larger frame payloads are counted and skipped
+//! stream = "sensors"
+//! # partition_key = "{node}"          # default: each record's own key (the node's);
+//! #                                   # {device_id}, {input}, {node} (producer id), {key}
 //! ```
 //!
 //! Unknown keys are errors; every error names the file and the key (and the

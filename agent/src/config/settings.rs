@@ -126,6 +126,8 @@ pub enum InputKind {
     File(FileInput),
     /// Host metrics.
     Metrics(MetricsInput),
+    /// Frames from a microcontroller on a serial line.
+    Serial(SerialInput),
 }
 
 /// A file input.
@@ -155,4 +157,44 @@ pub struct Multiline {
 pub struct MetricsInput {
     /// Sampling interval.
     pub interval: Duration,
+}
+
+/// Default baud rate of a serial device.
+pub const DEFAULT_BAUD: u32 = 115_200;
+
+/// Where a serial input reads its frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialSource {
+    /// A tty device or pty, opened as a serial port (raw, 8N1).
+    Device {
+        /// The device.
+        path: PathBuf,
+        /// Baud rate.
+        baud: u32,
+    },
+    /// A Unix socket the agent connects to (QEMU's `-serial unix:`).
+    Socket {
+        /// The socket.
+        path: PathBuf,
+    },
+}
+
+impl SerialSource {
+    /// The device or socket path.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Device { path, .. } | Self::Socket { path } => path,
+        }
+    }
+}
+
+/// A serial input.
+#[derive(Debug, Clone)]
+pub struct SerialInput {
+    /// The line.
+    pub source: SerialSource,
+    /// Largest frame payload accepted; larger frames are counted and skipped.
+    pub max_frame_bytes: usize,
+    /// Partition key template; `None` keeps each record's own key (the node's).
+    pub key: Option<crate::input::serial::SerialKey>,
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use weir_wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DATA_BYTES};
+use weir_wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DATA_BYTES, MAX_FRAME_PAYLOAD};
 
 use super::settings::*;
 use super::written::*;
@@ -336,7 +336,8 @@ impl ConfigFile {
         if self.inputs.is_empty() {
             return Err(err(
                 "inputs",
-                "no input: add a [[inputs]] table (kind = \"file\" or \"metrics\")".into(),
+                "no input: add a [[inputs]] table (kind = \"file\", \"metrics\" or \"serial\")"
+                    .into(),
             ));
         }
         let mut inputs: Vec<Input> = Vec::with_capacity(self.inputs.len());
@@ -359,6 +360,7 @@ impl ConfigFile {
                     f.multiline.as_ref().map_or(f.tail.max_line_bytes, |m| m.max_bytes)
                 }
                 InputKind::Metrics(_) => 1024,
+                InputKind::Serial(s) => s.max_frame_bytes,
             })
             .max()
             .unwrap_or(0) as u64
@@ -399,21 +401,17 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
     let kind = s
         .kind
         .as_deref()
-        .ok_or_else(|| (key("kind"), "missing: \"file\" or \"metrics\"".to_owned()))?;
+        .ok_or_else(|| (key("kind"), "missing: \"file\", \"metrics\" or \"serial\"".to_owned()))?;
     let (own, placeholders): (&[&str], _) = match kind {
         "file" => (FILE_KEYS, Placeholders::File),
         "metrics" => (METRICS_KEYS, Placeholders::Metrics),
-        "serial" => {
-            return Err((
-                key("kind"),
-                "\"serial\" is not supported yet (reserved for the firmware issue); use \"file\" or \"metrics\""
-                    .into(),
-            ));
-        }
+        // Serial keys have their own template (see `SerialKey`); the
+        // input's `KeyTemplate` is unused for them.
+        "serial" => (SERIAL_KEYS, Placeholders::Metrics),
         other => {
             return Err((
                 key("kind"),
-                format!("unknown input kind {other:?}: \"file\" or \"metrics\""),
+                format!("unknown input kind {other:?}: \"file\", \"metrics\" or \"serial\""),
             ));
         }
     };
@@ -441,9 +439,9 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
         Placeholders::File => "{device_id}/{file}",
         Placeholders::Metrics => "{device_id}",
     };
-    let template =
-        KeyTemplate::parse(s.partition_key.as_deref().unwrap_or(default_key), placeholders)
-            .map_err(|m| (key("partition_key"), m))?;
+    let written_key = if kind == "serial" { None } else { s.partition_key.as_deref() };
+    let template = KeyTemplate::parse(written_key.unwrap_or(default_key), placeholders)
+        .map_err(|m| (key("partition_key"), m))?;
     let (name, kind) = match kind {
         "file" => {
             let paths = s.paths.clone().unwrap_or_default();
@@ -511,6 +509,64 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
                 rescan_every: ms(rescan),
             };
             (name, InputKind::File(FileInput { tail, poll: ms(poll), multiline }))
+        }
+        "serial" => {
+            let source = match (&s.path, &s.socket) {
+                (Some(path), None) => {
+                    let baud = in_range(
+                        &key("baud"),
+                        u64::from(s.baud.unwrap_or(DEFAULT_BAUD)),
+                        50..=4_000_000,
+                    )?;
+                    SerialSource::Device { path: path.clone(), baud: baud as u32 }
+                }
+                (None, Some(path)) => {
+                    if s.baud.is_some() {
+                        return Err((
+                            key("baud"),
+                            "only for a `path` (a serial device), not a `socket`".into(),
+                        ));
+                    }
+                    SerialSource::Socket { path: path.clone() }
+                }
+                (Some(_), Some(_)) => {
+                    return Err((
+                        key("socket"),
+                        "set `path` (a serial device) or `socket`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err((
+                        key("path"),
+                        "missing: the serial device (e.g. \"/dev/ttyUSB0\"), or set `socket` to a Unix socket".into(),
+                    ));
+                }
+            };
+            if source.path().as_os_str().is_empty() {
+                let k = if s.path.is_some() { "path" } else { "socket" };
+                return Err((key(k), "is empty".into()));
+            }
+            let max_frame = in_range(
+                &key("max_frame_bytes"),
+                s.max_frame_bytes.unwrap_or(MAX_FRAME_PAYLOAD as u64),
+                16..=MAX_FRAME_PAYLOAD as u64,
+            )?;
+            let serial_key = match &s.partition_key {
+                None => None,
+                Some(t) => Some(
+                    crate::input::serial::SerialKey::parse(t)
+                        .map_err(|m| (key("partition_key"), m))?,
+                ),
+            };
+            let name = s.name.clone().unwrap_or_else(|| source.path().display().to_string());
+            (
+                name,
+                InputKind::Serial(SerialInput {
+                    source,
+                    max_frame_bytes: max_frame as usize,
+                    key: serial_key,
+                }),
+            )
         }
         _ => {
             let interval =
@@ -611,7 +667,7 @@ stream = "metrics"
         assert_eq!(bad_key(&GOOD.replace("stream = \"logs\"", "")), "inputs[0].stream");
         assert_eq!(
             bad_key(&GOOD.replace("kind = \"metrics\"", "kind = \"serial\"")),
-            "inputs[1].kind"
+            "inputs[1].path"
         );
         assert_eq!(
             bad_key(&GOOD.replace("kind = \"metrics\"", "kind = \"gps\"")),
@@ -664,6 +720,42 @@ stream = "metrics"
         let e = parse("device_id = \"x\"\n[collector]\naddress = \"mqtt://h\"\n")
             .expect_err("no inputs");
         assert!(e.to_string().contains("`inputs`"), "{e}");
+    }
+
+    #[test]
+    fn serial_inputs() {
+        let serial =
+            |keys: &str| GOOD.replace("kind = \"metrics\"", &format!("kind = \"serial\"\n{keys}"));
+        let c = parse(&serial("path = \"/dev/ttyUSB0\"")).expect("valid");
+        let InputKind::Serial(s) = &c.inputs[1].kind else { panic!("serial input") };
+        assert_eq!(
+            s.source,
+            SerialSource::Device { path: "/dev/ttyUSB0".into(), baud: DEFAULT_BAUD }
+        );
+        assert_eq!(s.max_frame_bytes, MAX_FRAME_PAYLOAD);
+        assert!(s.key.is_none());
+        assert_eq!(c.inputs[1].name, "/dev/ttyUSB0");
+        let c = parse(&serial("socket = \"/run/uart.sock\"\npartition_key = \"{node}/{key}\""))
+            .expect("valid");
+        let InputKind::Serial(s) = &c.inputs[1].kind else { panic!("serial input") };
+        assert_eq!(s.source, SerialSource::Socket { path: "/run/uart.sock".into() });
+        assert!(s.key.is_some());
+        assert_eq!(bad_key(&serial("path = \"/d\"\nsocket = \"/s\"")), "inputs[1].socket");
+        assert_eq!(bad_key(&serial("socket = \"/s\"\nbaud = 9600")), "inputs[1].baud");
+        assert_eq!(bad_key(&serial("path = \"/d\"\nbaud = 1")), "inputs[1].baud");
+        assert_eq!(
+            bad_key(&serial("path = \"/d\"\nmax_frame_bytes = 5000")),
+            "inputs[1].max_frame_bytes"
+        );
+        assert_eq!(
+            bad_key(&serial("path = \"/d\"\npartition_key = \"{metric}\"")),
+            "inputs[1].partition_key"
+        );
+        assert_eq!(bad_key(&serial("path = \"/d\"\ninterval_ms = 5000")), "inputs[1].interval_ms");
+        assert_eq!(
+            bad_key(&GOOD.replace("stream = \"logs\"", "stream = \"logs\"\nbaud = 9600")),
+            "inputs[0].baud"
+        );
     }
 
     #[test]

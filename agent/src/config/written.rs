@@ -140,7 +140,7 @@ pub struct StatusSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InputSection {
-    /// `file`, `metrics` (or `serial`, not supported yet).
+    /// `file`, `metrics` or `serial`.
     pub kind: Option<String>,
     /// Name (identifies a file input's checkpoints).
     pub name: Option<String>,
@@ -170,10 +170,14 @@ pub struct InputSection {
     pub multiline_timeout_ms: Option<u64>,
     /// metrics: sampling interval.
     pub interval_ms: Option<u64>,
-    /// serial: the device (reserved).
-    pub device: Option<String>,
-    /// serial: baud rate (reserved).
+    /// serial: a tty device (`/dev/ttyUSB0`) or pty, opened as a serial port.
+    pub path: Option<PathBuf>,
+    /// serial: a Unix socket to connect to instead (QEMU's `-serial unix:`).
+    pub socket: Option<PathBuf>,
+    /// serial: baud rate of `path`.
     pub baud: Option<u32>,
+    /// serial: largest frame payload accepted, in bytes.
+    pub max_frame_bytes: Option<u64>,
 }
 
 /// Keys of each input kind, for "only for kind" messages.
@@ -190,7 +194,7 @@ pub(super) const FILE_KEYS: &[&str] = &[
     "multiline_timeout_ms",
 ];
 pub(super) const METRICS_KEYS: &[&str] = &["interval_ms"];
-pub(super) const SERIAL_KEYS: &[&str] = &["device", "baud"];
+pub(super) const SERIAL_KEYS: &[&str] = &["path", "socket", "baud", "max_frame_bytes"];
 
 impl InputSection {
     /// Names of the kind-specific keys that are set.
@@ -212,8 +216,10 @@ impl InputSection {
         add(self.multiline_max_bytes.is_some(), "multiline_max_bytes");
         add(self.multiline_timeout_ms.is_some(), "multiline_timeout_ms");
         add(self.interval_ms.is_some(), "interval_ms");
-        add(self.device.is_some(), "device");
+        add(self.path.is_some(), "path");
+        add(self.socket.is_some(), "socket");
         add(self.baud.is_some(), "baud");
+        add(self.max_frame_bytes.is_some(), "max_frame_bytes");
         keys
     }
 }

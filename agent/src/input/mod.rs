@@ -3,10 +3,10 @@
 //!
 //! - `file`: log files, through the [`crate::tail`] tailer and optional
 //!   [`crate::multiline`] grouping;
-//! - `metrics`: host metrics sampled at an interval.
-//!
-//! The `serial` kind (frames from microcontrollers) is reserved for the
-//! firmware issue; the configuration refuses it for now.
+//! - `metrics`: host metrics sampled at an interval;
+//! - `serial`: frames from microcontroller nodes on a serial line or Unix
+//!   socket, acknowledged back to the node once spooled.
 
 pub mod file;
 pub mod metrics;
+pub mod serial;
