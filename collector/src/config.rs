@@ -28,9 +28,42 @@
 //! directory = "/var/lib/weir/archive" # default: <data_dir>/firehose/<name>
 //! buffer_size_mib = 5         # 1..=128
 //! buffer_interval_secs = 300  # 0..=900
-//! output = "as-is"            # as-is | newline-delimited
+//! output = "as-is"            # as-is | newline-delimited | parquet
 //! compression = "none"        # none | gzip | zstd
 //! prefix = "!{timestamp:yyyy/MM/dd/HH}/"
+//! error_prefix = "errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/"
+//! retry_duration_secs = 300   # 0..=7200: then the batch goes to the error output
+//! backup_directory = "/var/lib/weir/failed" # error output here instead (default:
+//!                             # the destination; for http: `directory`)
+//!
+//! [firehose.partition_keys]   # dynamic partitioning: name = JSON pointer or dotted path,
+//! device = "device.id"        # used in prefix as !{partitionKeyFromQuery:device}
+//!
+//! [firehose.s3]               # instead of a directory: an S3-compatible bucket
+//! bucket = "archive"
+//! endpoint = "http://127.0.0.1:9000" # default: AWS's for the region
+//! region = "us-east-1"
+//! access_key_id = "..."       # default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+//! secret_access_key = "..."
+//! path_style = true           # false: virtual-hosted-style requests
+//!
+//! [firehose.http]             # or: Firehose's HTTP endpoint delivery contract
+//! url = "https://example.com/ingest"
+//! access_key = "..."          # X-Amz-Firehose-Access-Key, if set
+//! gzip = false                # Content-Encoding: gzip
+//! timeout_secs = 60           # 1..=600, per request
+//!
+//! [firehose.parquet]          # with output = "parquet" (and compression = "none"):
+//! compression = "snappy"      # Parquet page compression: snappy | zstd | none
+//! [[firehose.parquet.columns]] # JSON records to one Parquet file per batch
+//! name = "device"
+//! type = "string"             # string | int64 | double | boolean | timestamp-millis
+//! path = "/meta/device"       # JSON pointer or dotted path; default: the field `name`
+//! nullable = true             # missing/null: a Parquet null (false: record rejected)
+//!
+//! [firehose_s3]               # S3 endpoint and credentials of delivery streams created
+//! endpoint = "http://127.0.0.1:9000" # through the Firehose API with an S3 destination
+//! region = "us-east-1"        # (same keys as [firehose.s3], without bucket)
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, the line and the
@@ -95,6 +128,8 @@ pub struct Config {
     pub tls: crate::tls::TlsSection,
     /// `[[firehose]]`: delivery streams.
     pub firehose: Vec<FirehoseSection>,
+    /// `[firehose_s3]`: S3 settings of API-created S3 delivery streams.
+    pub firehose_s3: Option<FirehoseS3Section>,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -110,6 +145,7 @@ impl Default for Config {
             mqtt: crate::ingest::MqttSection::default(),
             tls: crate::tls::TlsSection::default(),
             firehose: Vec::new(),
+            firehose_s3: None,
             origin: "defaults".into(),
         }
     }
@@ -136,6 +172,54 @@ pub struct FirehoseSection {
     pub compression: String,
     /// Prefix template (empty: `!{timestamp:yyyy/MM/dd/HH}/`).
     pub prefix: String,
+    /// Error output prefix template (empty: the default).
+    pub error_prefix: String,
+    /// Retry duration, seconds.
+    pub retry_duration_secs: u32,
+    /// Error output here instead of the destination.
+    pub backup_directory: Option<PathBuf>,
+    /// Dynamic partitioning keys: name → query.
+    pub partition_keys: std::collections::BTreeMap<String, String>,
+    /// An S3 destination instead of the directory.
+    pub s3: Option<crate::firehose::s3::S3Settings>,
+    /// An HTTP endpoint destination instead of the directory.
+    pub http: Option<crate::firehose::http::HttpSettings>,
+    /// `[firehose.parquet]`: the schema of `output = "parquet"`.
+    pub parquet: Option<crate::firehose::ParquetSchema>,
+}
+
+/// `[firehose_s3]`: the S3 endpoint and credentials of delivery streams
+/// created through the Firehose API (their bucket comes from `BucketARN`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirehoseS3Section {
+    /// Endpoint URL (default: AWS's).
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    pub region: Option<String>,
+    /// Access key id (default: from the environment).
+    pub access_key_id: Option<String>,
+    /// Secret access key (default: from the environment).
+    pub secret_access_key: Option<String>,
+    /// Path-style requests (default true).
+    pub path_style: Option<bool>,
+}
+
+impl FirehoseS3Section {
+    /// The settings of a bucket.
+    pub fn settings(&self, bucket: &str) -> crate::firehose::s3::S3Settings {
+        let mut s = crate::firehose::s3::S3Settings::new(bucket);
+        s.endpoint.clone_from(&self.endpoint);
+        if let Some(r) = &self.region {
+            s.region.clone_from(r);
+        }
+        s.access_key_id.clone_from(&self.access_key_id);
+        s.secret_access_key.clone_from(&self.secret_access_key);
+        if let Some(p) = self.path_style {
+            s.path_style = p;
+        }
+        s
+    }
 }
 
 impl Default for FirehoseSection {
@@ -149,6 +233,13 @@ impl Default for FirehoseSection {
             output: "as-is".into(),
             compression: "none".into(),
             prefix: String::new(),
+            error_prefix: String::new(),
+            retry_duration_secs: crate::firehose::config::DEFAULT_RETRY_DURATION_SECS,
+            backup_directory: None,
+            partition_keys: std::collections::BTreeMap::new(),
+            s3: None,
+            http: None,
+            parquet: None,
         }
     }
 }
@@ -251,6 +342,7 @@ impl Config {
     /// # Errors
     /// The first invalid `firehose[i].*` value, by key.
     pub fn firehose_specs(&self) -> Result<Vec<crate::firehose::DeliverySpec>, ConfigError> {
+        use crate::firehose::manager::DestinationSpec;
         use crate::firehose::{DeliverySpec, FirehoseError, Manager, Source};
         let mut names = std::collections::BTreeSet::new();
         let mut specs = Vec::with_capacity(self.firehose.len());
@@ -263,13 +355,14 @@ impl Config {
                 return Err(self.invalid(&key("name"), format!("{:?} is declared twice", f.name)));
             }
             let newline_delimited = match f.output.as_str() {
-                "as-is" => false,
+                "as-is" | "parquet" => false,
                 "newline-delimited" => true,
                 o => {
-                    let m = format!("{o:?} is not as-is or newline-delimited");
+                    let m = format!("{o:?} is not as-is, newline-delimited or parquet");
                     return Err(self.invalid(&key("output"), m));
                 }
             };
+            self.check_parquet(f, &key)?;
             if crate::firehose::manager::parse_compression(&f.compression).is_none() {
                 let m = format!("{:?} is not none, gzip or zstd", f.compression);
                 return Err(self.invalid(&key("compression"), m));
@@ -287,13 +380,42 @@ impl Config {
                 compression: f.compression.clone(),
                 prefix: f.prefix.clone(),
                 created_ms: 0,
+                error_prefix: f.error_prefix.clone(),
+                retry_duration_secs: f.retry_duration_secs,
+                partition_keys: f
+                    .partition_keys
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                backup_directory: f.backup_directory.clone(),
+                parquet: f.parquet.clone(),
+                destination: match (&f.s3, &f.http) {
+                    (None, None) => DestinationSpec::Directory,
+                    (Some(s), None) => DestinationSpec::S3(s.clone()),
+                    (None, Some(h)) => DestinationSpec::Http(h.clone()),
+                    (Some(_), Some(_)) => {
+                        return Err(self.invalid(&key("s3"), "s3 and http exclude each other"));
+                    }
+                },
             };
             spec.delivery_config().map_err(|e| {
                 let k = match &e {
                     FirehoseError::InvalidName(_) => "name",
                     FirehoseError::BufferSize { .. } => "buffer_size_mib",
                     FirehoseError::BufferInterval { .. } => "buffer_interval_secs",
+                    FirehoseError::InvalidPrefix { template, .. }
+                        if !f.prefix.is_empty() && f.prefix.starts_with(template.as_str()) =>
+                    {
+                        "prefix"
+                    }
+                    FirehoseError::InvalidPrefix { .. } if !f.error_prefix.is_empty() => {
+                        "error_prefix"
+                    }
                     FirehoseError::InvalidPrefix { .. } => "prefix",
+                    FirehoseError::RetryDuration { .. } => "retry_duration_secs",
+                    FirehoseError::InvalidPartitionKey { .. } => "partition_keys",
+                    FirehoseError::InvalidDestination(_) if f.s3.is_some() => "s3",
+                    FirehoseError::InvalidDestination(_) => "http",
                     _ => "compression",
                 };
                 self.invalid(&key(k), e.to_string())
@@ -301,6 +423,33 @@ impl Config {
             specs.push(spec);
         }
         Ok(specs)
+    }
+
+    /// `output = "parquet"` and `[firehose.parquet]` go together; the schema
+    /// and the compression (none: Parquet compresses its pages) are checked.
+    fn check_parquet(
+        &self,
+        f: &FirehoseSection,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        match (f.output.as_str(), &f.parquet) {
+            ("parquet", None) => {
+                Err(self.invalid(&key("parquet"), "output = \"parquet\" needs [firehose.parquet]"))
+            }
+            ("parquet", Some(_)) if !cfg!(feature = "parquet") => Err(self
+                .invalid(&key("output"), "this collector was built without the `parquet` feature")),
+            ("parquet", Some(_)) if !matches!(f.compression.as_str(), "" | "none") => Err(self
+                .invalid(
+                    &key("compression"),
+                    "must be none with output = \"parquet\" ([firehose.parquet] compression \
+                     compresses the pages)",
+                )),
+            ("parquet", Some(schema)) => schema
+                .validate()
+                .map_err(|e| self.invalid(&key(&format!("parquet.{}", e.key)), e.message)),
+            (_, Some(_)) => Err(self.invalid(&key("parquet"), "needs output = \"parquet\"")),
+            (_, None) => Ok(()),
+        }
     }
 
     /// The MQTT ingest's settings and the TLS section, checked.
@@ -426,6 +575,26 @@ mod tests {
                 "`firehose[0].compression`",
             ),
             ("name = \"a\"\nsource_stream = \"s\"\noutput = \"csv\"\n", "`firehose[0].output`"),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\nretry_duration_secs = 7201\n",
+                "`firehose[0].retry_duration_secs`",
+            ),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\nprefix = \"!{partitionKeyFromQuery:x}/\"\n",
+                "`firehose[0].partition_keys`",
+            ),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\nerror_prefix = \"!{nope:x}\"\n",
+                "`firehose[0].error_prefix`",
+            ),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\n[firehose.http]\nurl = \"ftp://x\"\n",
+                "`firehose[0].http`",
+            ),
+            (
+                "name = \"a\"\nsource_stream = \"s\"\n[firehose.s3]\nbucket = \"B\"\n",
+                "`firehose[0].s3`",
+            ),
         ] {
             let e = Config::parse(&format!("[[firehose]]\n{text}"), Path::new("c.toml"))
                 .expect_err(text);
@@ -437,5 +606,22 @@ mod tests {
         )
         .expect_err("unknown key");
         assert!(e.to_string().contains("sourcestream"), "{e}");
+        let c = Config::parse(
+            "[[firehose]]\nname = \"p\"\nsource_stream = \"s\"\n\
+             prefix = \"d=!{partitionKeyFromQuery:dev}/\"\nretry_duration_secs = 0\n\
+             [firehose.partition_keys]\ndev = \"device.id\"\n\
+             [firehose.s3]\nbucket = \"archive\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             [firehose_s3]\nregion = \"eu-west-1\"\n",
+            Path::new("c.toml"),
+        )
+        .expect("parse");
+        let specs = c.firehose_specs().expect("specs");
+        assert_eq!(specs[0].partition_keys, [("dev".to_owned(), "device.id".to_owned())]);
+        assert_eq!(specs[0].retry_duration_secs, 0);
+        assert!(matches!(
+            &specs[0].destination,
+            crate::firehose::manager::DestinationSpec::S3(s) if s.bucket == "archive"
+        ));
+        assert_eq!(c.firehose_s3.map(|s| s.settings("b").region).as_deref(), Some("eu-west-1"));
     }
 }

@@ -81,8 +81,14 @@ pub async fn run(
     let store = LogStore::open(&config.data_dir, store_config).await?;
     let mut delivery: Option<std::sync::Arc<firehose::Manager>> = None;
     let listeners = async {
-        let manager =
-            firehose::Manager::start(store.clone(), &config.data_dir, firehose_specs).await?;
+        let s3_defaults = config.firehose_s3.as_ref().map(|s| s.settings(""));
+        let manager = firehose::Manager::start_with_s3_defaults(
+            store.clone(),
+            &config.data_dir,
+            firehose_specs,
+            s3_defaults,
+        )
+        .await?;
         delivery = Some(manager.clone());
         let http =
             api::HttpListener::start_with_firehose(&config, store.clone(), Some(manager)).await?;

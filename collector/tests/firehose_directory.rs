@@ -1,7 +1,9 @@
 //! Firehose delivery streams to the directory destination, against the real
 //! store: grouping by the buffering hints, compression, prefixes,
-//! exactly-once across a crash between object and checkpoint, and resharding
-//! mid-delivery.
+//! exactly-once across a crash between object and checkpoint, resharding
+//! mid-delivery, retries with backoff by the injected clock, and a batch
+//! failing past its retry duration going to the error output (in the
+//! destination or a backup directory), also across a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -99,6 +101,10 @@ fn objects(root: &Path) -> Vec<Object> {
     let mut out = Vec::new();
     for (key, path) in files {
         assert!(!key.ends_with(".tmp"), "temp file left: {key}");
+        if key.ends_with(".json") {
+            // Error output (see `error_objects`).
+            continue;
+        }
         let raw = std::fs::read(&path).expect("read object");
         let (stem, body) = if let Some(stem) = key.strip_suffix(".gz") {
             assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzip magic");
@@ -429,11 +435,264 @@ async fn a_failed_poll_resumes_from_the_checkpoint_with_the_same_batch() {
     assert!(delivery.poll().await.is_err());
     // More records arrive meanwhile; the failed batch keeps its boundaries.
     put(&store, &records[200..]).await;
+    // Backoff: nothing is tried before 100 ms have passed (by the clock).
+    let waiting = delivery.poll().await.expect("poll while backing off");
+    assert_eq!((waiting.delivered.len(), waiting.failed_attempts), (0, 0));
+    clock.advance(100);
     assert!(delivery.poll().await.is_err());
+    clock.advance(150);
+    let waiting = delivery.poll().await.expect("poll while backing off");
+    assert_eq!(waiting.failed_attempts, 0, "the second wait is 200 ms");
+    clock.advance(50);
     let report = delivery.poll().await.expect("poll");
     let counts: Vec<usize> = report.delivered.iter().map(|d| d.records).collect();
     assert_eq!(counts, [200, 200], "the pending batch first, as it was fixed");
     assert!(objects(&out).len() == 2);
     store.close().await;
     assert_exactly_once(&lines(&objects(&out)), &records);
+}
+
+/// Fails the first `fail_main` puts of objects; error output (keys under
+/// `errors/`) is written, and the first `crash_errors` of those then fail as
+/// a crash right after the write would.
+struct ScriptedDestination {
+    inner: DirectoryDestination,
+    fail_main: AtomicUsize,
+    crash_errors: AtomicUsize,
+}
+
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+impl Destination for ScriptedDestination {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), FirehoseError> {
+        if key.starts_with("errors/") {
+            self.inner.put(key, body).await?;
+            if take_one(&self.crash_errors) {
+                return Err(FirehoseError::Destination {
+                    key: key.to_owned(),
+                    reason: "simulated crash".to_owned(),
+                });
+            }
+            return Ok(());
+        }
+        if take_one(&self.fail_main) {
+            return Err(FirehoseError::Rejected {
+                code: "Test.Unavailable".to_owned(),
+                message: "try again".to_owned(),
+            });
+        }
+        self.inner.put(key, body).await
+    }
+}
+
+/// The error output objects under `root`: key and JSON lines.
+fn error_objects(root: &Path) -> Vec<(String, Vec<serde_json::Value>)> {
+    let mut files = Vec::new();
+    if root.exists() {
+        walk(root, root, &mut files);
+    }
+    files.sort();
+    files
+        .into_iter()
+        .filter(|(key, _)| key.ends_with(".json"))
+        .map(|(key, path)| {
+            let text = std::fs::read_to_string(&path).expect("read error object");
+            let lines =
+                text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+            (key, lines)
+        })
+        .collect()
+}
+
+fn raw_data(line: &serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = line["rawData"].as_str().expect("rawData");
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+    String::from_utf8(raw).expect("utf-8")
+}
+
+#[tokio::test]
+async fn a_batch_failing_past_the_retry_duration_goes_to_the_error_output() {
+    for backup in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(T0);
+        let store = open_store(&dir.path().join("store"), &clock).await;
+        store.create_stream(STREAM, CreateStreamOptions::default()).await.expect("create");
+        let out = dir.path().join("out");
+        let backup_dir = dir.path().join("backup");
+        // Attempts at 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s: the sixth fails past
+        // the 2 s retry duration.
+        let dest = ScriptedDestination {
+            inner: DirectoryDestination::new(&out),
+            fail_main: AtomicUsize::new(6),
+            crash_errors: AtomicUsize::new(0),
+        };
+        let cfg = DeliveryConfig {
+            retry_duration_secs: 2,
+            ..config(1, 0, RecordFormat::NewlineDelimited, Compression::Gzip)
+        };
+        let (mut delivery, _) = DeliveryStream::open_with_backup(
+            store.clone(),
+            dest,
+            backup.then(|| DirectoryDestination::new(&backup_dir)),
+            cfg,
+            dir.path().join("checkpoint.json"),
+            Arc::new(clock.clone()),
+        )
+        .await
+        .expect("open");
+        let records = numbered(0..50, 3);
+        put(&store, &records).await;
+        let mut attempts = 0;
+        let mut errors = Vec::new();
+        for _ in 0..100 {
+            match delivery.poll().await {
+                Ok(report) => {
+                    attempts += report.failed_attempts;
+                    errors.extend(report.errors);
+                    if !errors.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("Test.Unavailable"), "{e}");
+                    attempts += 1;
+                }
+            }
+            clock.advance(100);
+        }
+        assert_eq!(attempts, 6, "backup {backup}");
+        assert_eq!(errors.len(), 1);
+        assert!(objects(&out).is_empty(), "nothing delivered");
+        let root = if backup { &backup_dir } else { &out };
+        let errs = error_objects(root);
+        assert_eq!(errs.len(), 1, "one error object");
+        let (key, rows) = &errs[0];
+        assert!(
+            key.starts_with(&format!(
+                "errors/delivery-failed/2023/11/14/22/{NAME}-shardId-000000000000-"
+            )),
+            "{key}"
+        );
+        assert_eq!(*key, errors[0].key);
+        assert_eq!(rows.len(), 50);
+        for (line, (_, data)) in rows.iter().zip(&records) {
+            assert_eq!(raw_data(line), String::from_utf8(data.clone()).expect("utf-8"));
+            assert_eq!(line["errorCode"], "Test.Unavailable");
+            assert_eq!(line["attemptsMade"], 6);
+            assert!(line["errorMessage"].as_str().is_some_and(|m| m.contains("try again")));
+            assert_eq!(line["arrivalTimestamp"], T0);
+        }
+        // The delivery stream moved on: the next records are delivered.
+        let more = numbered(50..60, 3);
+        put(&store, &more).await;
+        let report = delivery.poll().await.expect("poll");
+        assert_eq!(report.delivered.iter().map(|d| d.records).sum::<usize>(), 10);
+        let delivered: Vec<Object> =
+            objects(&out).into_iter().filter(|o| !o.key.starts_with("errors/")).collect();
+        assert_exactly_once(&lines(&delivered), &more);
+        assert!(delivery.checkpoint().shards.values().all(|s| s.pending.is_none()));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_while_writing_the_error_output_writes_it_again_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store_dir = dir.path().join("store");
+    let out = dir.path().join("out");
+    let checkpoint = dir.path().join("checkpoint.json");
+    // Retry duration 0: the first failure sends the batch to the error output.
+    let cfg = DeliveryConfig {
+        retry_duration_secs: 0,
+        ..config(1, 0, RecordFormat::NewlineDelimited, Compression::None)
+    };
+    let store = open_store(&store_dir, &clock).await;
+    store.create_stream(STREAM, CreateStreamOptions::default()).await.expect("create");
+    let records = numbered(0..30, 2);
+    put(&store, &records).await;
+    let dest = ScriptedDestination {
+        inner: DirectoryDestination::new(&out),
+        fail_main: AtomicUsize::new(1),
+        crash_errors: AtomicUsize::new(1),
+    };
+    let (mut delivery, _) = open_delivery(&store, dest, cfg.clone(), &checkpoint, &clock).await;
+    let err = delivery.poll().await.expect_err("simulated crash");
+    assert!(err.to_string().contains("simulated crash"), "{err}");
+    let pending = delivery.checkpoint().shards.values().find_map(|s| s.pending.clone());
+    let failure = pending.and_then(|p| p.error).expect("pending batch marked for the error output");
+    assert_eq!(failure.error_code, "Test.Unavailable");
+    drop(delivery);
+    store.close().await;
+    drop(store);
+
+    // Restart with a destination that works: the batch still goes to the
+    // error output (same object), not to the destination.
+    let store = open_store(&store_dir, &clock).await;
+    let (mut delivery, report) =
+        open_delivery(&store, DirectoryDestination::new(&out), cfg, &checkpoint, &clock).await;
+    assert!(report.delivered.is_empty());
+    assert_eq!(report.errors.len(), 1);
+    let errs = error_objects(&out);
+    assert_eq!(errs.len(), 1, "the same error object, written again");
+    let got: Vec<String> = errs[0].1.iter().map(raw_data).collect();
+    assert_exactly_once(&got, &records);
+    assert!(objects(&out).is_empty(), "nothing delivered to the destination");
+    let more = numbered(30..40, 2);
+    put(&store, &more).await;
+    delivery.poll().await.expect("poll");
+    let delivered: Vec<Object> =
+        objects(&out).into_iter().filter(|o| !o.key.starts_with("errors/")).collect();
+    assert_exactly_once(&lines(&delivered), &more);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_retry_duration_counts_from_the_first_failure_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store_dir = dir.path().join("store");
+    let out = dir.path().join("out");
+    let checkpoint = dir.path().join("checkpoint.json");
+    let cfg = DeliveryConfig {
+        retry_duration_secs: 2,
+        ..config(1, 0, RecordFormat::NewlineDelimited, Compression::None)
+    };
+    let failing = || ScriptedDestination {
+        inner: DirectoryDestination::new(&out),
+        fail_main: AtomicUsize::new(usize::MAX),
+        crash_errors: AtomicUsize::new(0),
+    };
+    let store = open_store(&store_dir, &clock).await;
+    store.create_stream(STREAM, CreateStreamOptions::default()).await.expect("create");
+    let records = numbered(0..10, 2);
+    put(&store, &records).await;
+    let (mut delivery, _) =
+        open_delivery(&store, failing(), cfg.clone(), &checkpoint, &clock).await;
+    delivery.poll().await.expect_err("the destination fails");
+    let pending = delivery.checkpoint().shards.values().find_map(|s| s.pending.clone());
+    assert_eq!(pending.and_then(|p| p.first_failure_ms), Some(T0), "saved at the first failure");
+    drop(delivery);
+    store.close().await;
+    drop(store);
+
+    // Restart 1.5 s later: opening retries, fails, and still opens.
+    clock.advance(1_500);
+    let store = open_store(&store_dir, &clock).await;
+    let (mut delivery, report) = open_delivery(&store, failing(), cfg, &checkpoint, &clock).await;
+    assert_eq!((report.failed_attempts, report.errors.len()), (1, 0));
+    // 2.1 s after the first failure (not after the restart): error output.
+    clock.advance(600);
+    let report = delivery.poll().await.expect("poll");
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    let errs = error_objects(&out);
+    assert_eq!(errs.len(), 1);
+    let got: Vec<String> = errs[0].1.iter().map(raw_data).collect();
+    assert_exactly_once(&got, &records);
+    assert_eq!(errs[0].1[0]["attemptsMade"], 2, "attempts since the restart");
+    assert!(objects(&out).is_empty());
+    store.close().await;
 }

@@ -2,13 +2,23 @@
 //! Firehose_20150804.<Op>`, JSON 1.1) over the collector's
 //! [`Manager`](crate::firehose::Manager).
 //!
-//! Destinations are directories: the default `<data-dir>/firehose/<name>`
-//! for delivery streams created here, or the one a `[[firehose]]` entry
-//! names. S3, Redshift, OpenSearch, Splunk and HTTP endpoint destination
-//! configurations are refused with `InvalidArgumentException`. Buffering
-//! hints, compression, record format and prefix of an API-created delivery
-//! stream are given as tags (`weir:BufferSizeMiB`, `weir:BufferIntervalSeconds`,
-//! `weir:Compression`, `weir:NewlineDelimited`, `weir:Prefix`).
+//! Destinations: without a destination configuration, the directory
+//! `<data-dir>/firehose/<name>`, whose buffering hints, compression, record
+//! format and prefix are given as tags (`weir:BufferSizeMiB`,
+//! `weir:BufferIntervalSeconds`, `weir:Compression`, `weir:NewlineDelimited`,
+//! `weir:Prefix`). `ExtendedS3DestinationConfiguration` (or
+//! `S3DestinationConfiguration`): the bucket of `BucketARN`
+//! (`arn:aws:s3:::<bucket>`) at the endpoint and with the credentials of the
+//! collector's `[firehose_s3]` section, with `Prefix`, `ErrorOutputPrefix`,
+//! `BufferingHints`, `CompressionFormat` (`UNCOMPRESSED`, `GZIP`),
+//! `DynamicPartitioningConfiguration.RetryOptions.DurationInSeconds`, and the
+//! processors `MetadataExtraction` (`MetadataExtractionQuery` of the simple
+//! form `{name:.path, ...}`) and `AppendDelimiterToRecord` (newline-delimited
+//! output). `HttpEndpointDestinationConfiguration`: `EndpointConfiguration`
+//! (`Url`, `AccessKey`), `RequestConfiguration.ContentEncoding` (`NONE`,
+//! `GZIP`), `RetryOptions.DurationInSeconds`, `BufferingHints`; its error
+//! output goes to `<data-dir>/firehose/<name>`. Redshift, OpenSearch, Splunk
+//! and the other destinations are refused with `InvalidArgumentException`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,12 +73,92 @@ struct KinesisSource {
     kinesis_stream_arn: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct BufferingIn {
+    #[serde(rename = "SizeInMBs")]
+    size_in_mbs: Option<u32>,
+    interval_in_seconds: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct RetryIn {
+    duration_in_seconds: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct DynamicPartitioningIn {
+    enabled: Option<bool>,
+    retry_options: Option<RetryIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessorParameterIn {
+    parameter_name: Option<String>,
+    parameter_value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessorIn {
+    r#type: Option<String>,
+    parameters: Option<Vec<ProcessorParameterIn>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessingIn {
+    enabled: Option<bool>,
+    processors: Option<Vec<ProcessorIn>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct S3In {
+    #[serde(rename = "BucketARN")]
+    bucket_arn: Option<String>,
+    prefix: Option<String>,
+    error_output_prefix: Option<String>,
+    buffering_hints: Option<BufferingIn>,
+    compression_format: Option<String>,
+    dynamic_partitioning_configuration: Option<DynamicPartitioningIn>,
+    processing_configuration: Option<ProcessingIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EndpointIn {
+    url: Option<String>,
+    access_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RequestIn {
+    content_encoding: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HttpIn {
+    endpoint_configuration: Option<EndpointIn>,
+    buffering_hints: Option<BufferingIn>,
+    request_configuration: Option<RequestIn>,
+    retry_options: Option<RetryIn>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct CreateInput {
     delivery_stream_name: Option<String>,
     delivery_stream_type: Option<String>,
     kinesis_stream_source_configuration: Option<KinesisSource>,
+    extended_s3_destination_configuration: Option<S3In>,
+    s3_destination_configuration: Option<S3In>,
+    http_endpoint_destination_configuration: Option<HttpIn>,
     tags: Option<Vec<Tag>>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_json::Value>,
@@ -119,6 +209,93 @@ struct PutResult {
     error_message: Option<String>,
 }
 
+/// A delivery stream's destination as DescribeDeliveryStream shows it.
+fn destination_description(spec: &DeliverySpec, from_config: bool) -> serde_json::Value {
+    use crate::firehose::manager::DestinationSpec;
+    let buffering = serde_json::json!({
+        "SizeInMBs": spec.size_mib,
+        "IntervalInSeconds": spec.interval_secs,
+    });
+    let retry = serde_json::json!({ "DurationInSeconds": spec.retry_duration_secs });
+    let mut d = serde_json::json!({ "DestinationId": "destinationId-000000000001" });
+    match &spec.destination {
+        DestinationSpec::Directory => {
+            d["WeirDirectoryDestinationDescription"] = serde_json::json!({
+                "Directory": spec.directory.display().to_string(),
+                "DeclaredInConfig": from_config,
+                "BufferingHints": buffering,
+                "CompressionFormat": spec.compression,
+                "Prefix": spec.prefix,
+                "ErrorOutputPrefix": spec.error_prefix,
+                "RetryOptions": retry,
+            });
+        }
+        DestinationSpec::S3(s3) => {
+            let query = spec
+                .partition_keys
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}:{}",
+                        if v.starts_with(['.', '/']) { v.clone() } else { format!(".{v}") }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut processors = Vec::new();
+            if !spec.partition_keys.is_empty() {
+                processors.push(serde_json::json!({
+                    "Type": "MetadataExtraction",
+                    "Parameters": [
+                        { "ParameterName": "MetadataExtractionQuery", "ParameterValue": format!("{{{query}}}") },
+                        { "ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6" },
+                    ],
+                }));
+            }
+            if spec.newline_delimited {
+                processors.push(serde_json::json!({ "Type": "AppendDelimiterToRecord" }));
+            }
+            d["ExtendedS3DestinationDescription"] = serde_json::json!({
+                "RoleARN": format!("arn:aws:iam::{ACCOUNT_ID}:role/weir"),
+                "BucketARN": format!("arn:aws:s3:::{}", s3.bucket),
+                "Prefix": spec.prefix,
+                "ErrorOutputPrefix": spec.error_prefix,
+                "BufferingHints": buffering,
+                "CompressionFormat": if spec.compression == "gzip" { "GZIP" } else { "UNCOMPRESSED" },
+                "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+                "DynamicPartitioningConfiguration": {
+                    "Enabled": !spec.partition_keys.is_empty(),
+                    "RetryOptions": retry,
+                },
+                "ProcessingConfiguration": {
+                    "Enabled": !processors.is_empty(),
+                    "Processors": processors,
+                },
+                "WeirDeclaredInConfig": from_config,
+            });
+        }
+        DestinationSpec::Http(h) => {
+            d["HttpEndpointDestinationDescription"] = serde_json::json!({
+                "EndpointConfiguration": { "Url": h.url, "Name": spec.name },
+                "BufferingHints": buffering,
+                "RequestConfiguration": {
+                    "ContentEncoding": if h.gzip { "GZIP" } else { "NONE" },
+                },
+                "RetryOptions": retry,
+                "S3BackupMode": "FailedDataOnly",
+                "WeirBackupDirectory": spec
+                    .backup_directory
+                    .as_ref()
+                    .unwrap_or(&spec.directory)
+                    .display()
+                    .to_string(),
+                "WeirDeclaredInConfig": from_config,
+            });
+        }
+    }
+    d
+}
+
 fn manager_error(e: ManagerError) -> ApiError {
     let kind = match &e {
         ManagerError::NotFound(_) => ErrorKind::ResourceNotFound,
@@ -151,7 +328,133 @@ fn check_name(v: &mut Violations, name: Option<&String>) -> String {
     }
 }
 
+/// Buffering hints of a destination configuration into a spec.
+fn apply_buffering(spec: &mut DeliverySpec, b: Option<BufferingIn>) {
+    let b = b.unwrap_or_default();
+    if let Some(m) = b.size_in_mbs {
+        spec.size_mib = m;
+    }
+    if let Some(s) = b.interval_in_seconds {
+        spec.interval_secs = s;
+    }
+}
+
+/// `{name:.path, other:.a.b}` (jq's object construction, the simple form)
+/// into partition keys.
+fn parse_metadata_query(q: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "MetadataExtractionQuery {q:?}: only the form {{name:.path, ...}} is supported"
+        ))
+    };
+    let inner = q.trim().strip_prefix('{').and_then(|r| r.strip_suffix('}')).ok_or_else(bad)?;
+    let mut keys = Vec::new();
+    for pair in inner.split(',') {
+        let (name, path) = pair.split_once(':').ok_or_else(bad)?;
+        let (name, path) = (name.trim().trim_matches('"'), path.trim());
+        if name.is_empty() || !path.starts_with('.') {
+            return Err(bad());
+        }
+        keys.push((name.to_owned(), path.to_owned()));
+    }
+    Ok(keys)
+}
+
+/// An HTTP endpoint destination configuration into a spec.
+fn apply_http(spec: &mut DeliverySpec, h: HttpIn) -> Result<(), ApiError> {
+    use crate::firehose::http::{DEFAULT_TIMEOUT_SECS, HttpSettings};
+    use crate::firehose::manager::DestinationSpec;
+    let endpoint = h.endpoint_configuration.ok_or_else(|| {
+        ApiError::invalid("HttpEndpointDestinationConfiguration needs EndpointConfiguration")
+    })?;
+    let url = endpoint.url.ok_or_else(|| ApiError::invalid("EndpointConfiguration needs Url"))?;
+    let gzip = match h.request_configuration.and_then(|r| r.content_encoding).as_deref() {
+        None | Some("NONE") => false,
+        Some("GZIP") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "ContentEncoding {other:?} is not NONE or GZIP"
+            )));
+        }
+    };
+    apply_buffering(spec, h.buffering_hints);
+    if let Some(d) = h.retry_options.and_then(|r| r.duration_in_seconds) {
+        spec.retry_duration_secs = d;
+    }
+    spec.destination = DestinationSpec::Http(HttpSettings {
+        url,
+        access_key: endpoint.access_key,
+        gzip,
+        timeout_secs: DEFAULT_TIMEOUT_SECS,
+    });
+    Ok(())
+}
+
 impl FirehoseApi {
+    /// An S3 destination configuration into a spec.
+    fn apply_s3(&self, spec: &mut DeliverySpec, s3: S3In) -> Result<(), ApiError> {
+        use crate::firehose::manager::DestinationSpec;
+        let arn = s3.bucket_arn.ok_or_else(|| ApiError::invalid("BucketARN is required"))?;
+        let bucket =
+            arn.strip_prefix("arn:aws:s3:::").filter(|b| !b.is_empty()).ok_or_else(|| {
+                ApiError::invalid(format!("{arn:?} is not a bucket ARN (arn:aws:s3:::BUCKET)"))
+            })?;
+        spec.destination = DestinationSpec::S3(self.manager.s3_settings(bucket));
+        spec.prefix = s3.prefix.unwrap_or_default();
+        spec.error_prefix = s3.error_output_prefix.unwrap_or_default();
+        apply_buffering(spec, s3.buffering_hints);
+        spec.compression = match s3.compression_format.as_deref() {
+            None | Some("UNCOMPRESSED") => "none".into(),
+            Some("GZIP") => "gzip".into(),
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "CompressionFormat {other:?} is not available: UNCOMPRESSED or GZIP"
+                )));
+            }
+        };
+        let partitioning = s3.dynamic_partitioning_configuration.unwrap_or_default();
+        if let Some(d) = partitioning.retry_options.and_then(|r| r.duration_in_seconds) {
+            spec.retry_duration_secs = d;
+        }
+        let processing = s3.processing_configuration.unwrap_or_default();
+        if processing.enabled.unwrap_or(false) {
+            for p in processing.processors.unwrap_or_default() {
+                match p.r#type.as_deref() {
+                    Some("MetadataExtraction") => {
+                        let query = p
+                            .parameters
+                            .unwrap_or_default()
+                            .into_iter()
+                            .find(|x| {
+                                x.parameter_name.as_deref() == Some("MetadataExtractionQuery")
+                            })
+                            .and_then(|x| x.parameter_value)
+                            .ok_or_else(|| {
+                                ApiError::invalid(
+                                    "MetadataExtraction needs MetadataExtractionQuery",
+                                )
+                            })?;
+                        spec.partition_keys = parse_metadata_query(&query)?;
+                    }
+                    Some("AppendDelimiterToRecord") => spec.newline_delimited = true,
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "processor {:?} is not available: MetadataExtraction or \
+                             AppendDelimiterToRecord",
+                            other.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+        }
+        if partitioning.enabled.unwrap_or(false) && spec.partition_keys.is_empty() {
+            return Err(ApiError::invalid(
+                "dynamic partitioning needs a MetadataExtraction processor",
+            ));
+        }
+        Ok(())
+    }
+
     /// The API over `manager`, naming `region` in ARNs.
     pub fn new(manager: Arc<Manager>, region: impl Into<String>) -> Self {
         Self { manager, region: region.into() }
@@ -198,11 +501,16 @@ impl FirehoseApi {
         v.finish()?;
         if let Some(key) = i.other.keys().find(|k| k.ends_with("DestinationConfiguration")) {
             return Err(ApiError::invalid(format!(
-                "{key} is not available: Weir delivers to a directory, either the one a \
-                 [[firehose]] entry of the collector's configuration names, or the default \
-                 <data-dir>/firehose/<name> when CreateDeliveryStream gives no destination \
-                 configuration"
+                "{key} is not available: Weir delivers to a directory (no destination \
+                 configuration), an S3 bucket (ExtendedS3DestinationConfiguration) or an HTTP \
+                 endpoint (HttpEndpointDestinationConfiguration)"
             )));
+        }
+        let destinations = usize::from(i.extended_s3_destination_configuration.is_some())
+            + usize::from(i.s3_destination_configuration.is_some())
+            + usize::from(i.http_endpoint_destination_configuration.is_some());
+        if destinations > 1 {
+            return Err(ApiError::invalid("give one destination configuration"));
         }
         let source = match i.delivery_stream_type.as_deref().unwrap_or("DirectPut") {
             "DirectPut" => Source::DirectPut,
@@ -242,10 +550,23 @@ impl FirehoseApi {
             newline_delimited: false,
             compression: "none".into(),
             prefix: String::new(),
+            error_prefix: String::new(),
+            retry_duration_secs: crate::firehose::config::DEFAULT_RETRY_DURATION_SECS,
+            partition_keys: Vec::new(),
+            backup_directory: None,
+            destination: crate::firehose::manager::DestinationSpec::Directory,
+            parquet: None,
             created_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
+        if let Some(s3) = i.extended_s3_destination_configuration.or(i.s3_destination_configuration)
+        {
+            self.apply_s3(&mut spec, s3)?;
+        }
+        if let Some(h) = i.http_endpoint_destination_configuration {
+            apply_http(&mut spec, h)?;
+        }
         for tag in i.tags.unwrap_or_default() {
             let (Some(key), value) = (tag.key, tag.value.unwrap_or_default()) else { continue };
             let number = |what: &str| {
@@ -295,19 +616,7 @@ impl FirehoseApi {
             "VersionId": "1",
             "CreateTimestamp": created.0,
             "HasMoreDestinations": false,
-            "Destinations": [{
-                "DestinationId": "destinationId-000000000001",
-                "WeirDirectoryDestinationDescription": {
-                    "Directory": spec.directory.display().to_string(),
-                    "DeclaredInConfig": from_config,
-                    "BufferingHints": {
-                        "SizeInMBs": spec.size_mib,
-                        "IntervalInSeconds": spec.interval_secs,
-                    },
-                    "CompressionFormat": spec.compression,
-                    "Prefix": spec.prefix,
-                },
-            }],
+            "Destinations": [destination_description(&spec, from_config)],
         });
         if let Source::Stream(s) = &spec.source {
             d["Source"] = serde_json::json!({

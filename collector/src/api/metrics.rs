@@ -16,6 +16,11 @@
 //!
 //! And `weir_api_requests_total{operation, outcome}` (outcome `ok` or the
 //! error name).
+//!
+//! Firehose delivery streams record, labelled by `delivery_stream` (see
+//! `firehose::delivery`): `weir_firehose_{delivered,retried,failed}_records_total`,
+//! the same as `..._bytes_total`, and
+//! `weir_firehose_last_delivery_timestamp_seconds`.
 
 use std::sync::OnceLock;
 

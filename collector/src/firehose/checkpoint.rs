@@ -9,7 +9,7 @@
 //!
 //! ```json
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "delivery_stream": "clicks-to-disk",
 //!   "source_stream": "clicks",
 //!   "stream_id": 3,
@@ -18,7 +18,8 @@
 //!     "shardId-000000000001": {
 //!       "next_offset": 104, "done": false,
 //!       "pending": { "first_offset": 104, "last_offset": 207,
-//!                    "key": "2023/11/14/22/clicks-to-disk-shardId-000000000001-1...-1...gz" }
+//!                    "key": "2023/11/14/22/clicks-to-disk-shardId-000000000001-1...-1...gz",
+//!                    "first_failure_ms": null, "error": null }
 //!     }
 //!   }
 //! }
@@ -38,6 +39,29 @@
 //!   under the same key, overwriting whatever was written, and only then does
 //!   `next_offset` move past them. So batch boundaries survive crashes and
 //!   every record ends up in exactly one object.
+//! - `pending.first_failure_ms` (version 2; absent or `null` in version 1
+//!   files, which are still read): when the batch's first delivery attempt
+//!   failed (saved once, at that failure), so its retry duration counts from
+//!   there even across restarts.
+//! - `pending.error` (version 2; absent or `null` in version 1 files): `null`
+//!   while the batch goes to the destination. Once its retry duration has
+//!   run out it is set, and saved, *before* anything
+//!   is written to the error output:
+//!   `{ "error_code": "HttpEndpoint.ResponseErrorCode", "error_message":
+//!   "...", "attempts": 7, "ending_ms": 1700000000000, "error_output_type":
+//!   "http-endpoint-failed" }`. A batch found pending with an error after a
+//!   crash goes to the error output again (same keys, same error), never back
+//!   to the destination; then `next_offset` moves past it.
+//! - `pending.delivered_keys` (version 2, optional; absent means empty): with
+//!   dynamic partitioning a batch is several objects. Keys of those the
+//!   destination confirmed while others kept failing are kept here (saved at
+//!   the latest with `error`), so an attempt skips them and the error output
+//!   holds only the records of the objects that failed: a record is never
+//!   both delivered and in the error output.
+//!
+//! Version 1 is the same without `pending.first_failure_ms` and
+//! `pending.error`; it is read as version 2 with both `null`, and written
+//! back as version 2.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,8 +71,10 @@ use serde::{Deserialize, Serialize};
 use super::error::FirehoseError;
 use crate::store::durable;
 
-/// The checkpoint format version written and understood.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// The checkpoint format version written.
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// Older versions still read.
+pub const READ_VERSIONS: &[u32] = &[1, 2];
 /// Largest checkpoint file read (a few hundred bytes per shard).
 pub const MAX_CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -61,6 +87,33 @@ pub struct PendingBatch {
     pub last_offset: u64,
     /// Its object key.
     pub key: String,
+    /// When its first delivery attempt failed, ms since the epoch: the
+    /// retry duration counts from here, also across restarts.
+    #[serde(default)]
+    pub first_failure_ms: Option<u64>,
+    /// Set once it goes to the error output instead of the destination.
+    #[serde(default)]
+    pub error: Option<PendingFailure>,
+    /// With dynamic partitioning: keys of the batch's objects the destination
+    /// already confirmed while other objects of the batch kept failing. They
+    /// are not written again, and not sent to the error output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered_keys: Vec<String>,
+}
+
+/// Why a pending batch goes to the error output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFailure {
+    /// Firehose-style error code.
+    pub error_code: String,
+    /// The last failure.
+    pub error_message: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// When the last attempt ended, ms since the epoch.
+    pub ending_ms: u64,
+    /// `!{firehose:error-output-type}` of its error output.
+    pub error_output_type: String,
 }
 
 /// One shard's progress.
@@ -130,9 +183,11 @@ impl Checkpoint {
         }
         let c: Self = serde_json::from_reader(std::io::BufReader::new(file))
             .map_err(|e| bad(format!("not a checkpoint: {e}")))?;
-        if c.version != CHECKPOINT_VERSION {
-            return Err(bad(format!("version {} (expected {CHECKPOINT_VERSION})", c.version)));
+        if !READ_VERSIONS.contains(&c.version) {
+            return Err(bad(format!("version {} (expected one of {READ_VERSIONS:?})", c.version)));
         }
+        let mut c = c;
+        c.version = CHECKPOINT_VERSION;
         if c.delivery_stream != delivery_stream || c.source_stream != source_stream {
             return Err(bad(format!(
                 "written for delivery stream {:?} of {:?}, not {delivery_stream:?} of {source_stream:?}",
@@ -165,5 +220,27 @@ impl Checkpoint {
         };
         std::fs::create_dir_all(&dir).map_err(|e| io("creating directory", e))?;
         durable::replace_file(&dir, path, &bytes).map_err(|e| io("writing", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_version_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.json");
+        let v1 = r#"{"version":1,"delivery_stream":"d","source_stream":"s","stream_id":3,
+            "shards":{"shardId-000000000000":{"next_offset":5,"done":false,
+            "pending":{"first_offset":5,"last_offset":9,"key":"k"}}}}"#;
+        std::fs::write(&path, v1).expect("write");
+        let c = Checkpoint::load(&path, "d", "s").expect("load");
+        assert_eq!(c.version, CHECKPOINT_VERSION);
+        let p = c.shards["shardId-000000000000"].pending.clone().expect("pending");
+        assert_eq!((p.first_offset, p.last_offset, p.key.as_str(), p.error), (5, 9, "k", None));
+        assert_eq!(p.first_failure_ms, None);
+        c.save(&path).expect("save");
+        assert_eq!(Checkpoint::load(&path, "d", "s").expect("load again"), c);
     }
 }

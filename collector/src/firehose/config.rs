@@ -20,6 +20,15 @@ pub const DEFAULT_BUFFER_INTERVAL_SECS: u32 = 300;
 pub const MAX_NAME_CHARS: usize = 64;
 /// Prefix used when none is given (Firehose's `YYYY/MM/dd/HH/`).
 pub const DEFAULT_PREFIX: &str = "!{timestamp:yyyy/MM/dd/HH}/";
+/// Error output prefix used when none is given.
+pub const DEFAULT_ERROR_PREFIX: &str =
+    "errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/";
+/// Longest retry duration, seconds (Firehose's bound).
+pub const MAX_RETRY_DURATION_SECS: u32 = 7_200;
+/// Retry duration when none is given, seconds (Firehose's default).
+pub const DEFAULT_RETRY_DURATION_SECS: u32 = 300;
+/// Most dynamic partitioning keys of a delivery stream.
+pub const MAX_PARTITION_KEYS: usize = 50;
 
 /// Buffering hints: a batch is flushed when either is reached, whichever
 /// comes first.
@@ -80,6 +89,9 @@ pub enum RecordFormat {
     AsIs,
     /// Each data blob followed by `\n`.
     NewlineDelimited,
+    /// JSON records converted to one Parquet file per batch with this schema
+    /// (see [`parquet`](super::parquet)); the outer compression must be none.
+    Parquet(super::parquet::ParquetFormat),
 }
 
 /// Compression of an object.
@@ -121,6 +133,16 @@ pub struct DeliveryConfig {
     pub compression: Compression,
     /// Prefix template of object keys ([`DEFAULT_PREFIX`] if empty).
     pub prefix: String,
+    /// Prefix template of error output ([`DEFAULT_ERROR_PREFIX`] if empty);
+    /// may use `!{firehose:error-output-type}`.
+    pub error_prefix: String,
+    /// How long a failing batch is retried before it goes to the error
+    /// output, seconds (0..=[`MAX_RETRY_DURATION_SECS`]).
+    pub retry_duration_secs: u32,
+    /// Dynamic partitioning: `!{partitionKeyFromQuery:<name>}` of the prefix
+    /// is the value at `query` of the record's JSON, by name (see
+    /// [`PartitionQuery`](super::partition::PartitionQuery)).
+    pub partition_keys: Vec<(String, String)>,
 }
 
 impl DeliveryConfig {
@@ -133,6 +155,9 @@ impl DeliveryConfig {
             format: RecordFormat::default(),
             compression: Compression::default(),
             prefix: String::new(),
+            error_prefix: String::new(),
+            retry_duration_secs: DEFAULT_RETRY_DURATION_SECS,
+            partition_keys: Vec::new(),
         }
     }
 
@@ -148,8 +173,75 @@ impl DeliveryConfig {
             return Err(FirehoseError::InvalidName(self.name.chars().take(80).collect()));
         }
         self.buffering.validate()?;
+        self.check_parquet()?;
+        if self.retry_duration_secs > MAX_RETRY_DURATION_SECS {
+            return Err(FirehoseError::RetryDuration {
+                secs: self.retry_duration_secs,
+                max: MAX_RETRY_DURATION_SECS,
+            });
+        }
         let template = if self.prefix.is_empty() { DEFAULT_PREFIX } else { &self.prefix };
-        PrefixTemplate::parse(template)
+        let prefix = PrefixTemplate::parse(template)?;
+        if prefix.uses_error_output_type() {
+            return Err(FirehoseError::InvalidPrefix {
+                template: template.chars().take(80).collect(),
+                reason: "`!{firehose:error-output-type}` belongs in the error output prefix".into(),
+            });
+        }
+        self.partitioner()?.check_prefix(&prefix, template)?;
+        self.error_prefix_template()?;
+        Ok(prefix)
+    }
+
+    /// The extension of object names: `.parquet` for Parquet output, else
+    /// the compression's.
+    pub fn extension(&self) -> &'static str {
+        match self.format {
+            RecordFormat::Parquet(_) => ".parquet",
+            _ => self.compression.extension(),
+        }
+    }
+
+    /// Parquet output needs the `parquet` feature and no outer compression.
+    fn check_parquet(&self) -> Result<(), FirehoseError> {
+        if let RecordFormat::Parquet(_) = self.format {
+            if !cfg!(feature = "parquet") {
+                return Err(FirehoseError::InvalidFormat(
+                    super::parquet::ConvertError::NotBuilt.to_string(),
+                ));
+            }
+            if self.compression != Compression::None {
+                return Err(FirehoseError::InvalidFormat(
+                    "Parquet compresses its own pages: the compression must be none".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed error output prefix.
+    ///
+    /// # Errors
+    /// [`FirehoseError::InvalidPrefix`].
+    pub fn error_prefix_template(&self) -> Result<PrefixTemplate, FirehoseError> {
+        let template =
+            if self.error_prefix.is_empty() { DEFAULT_ERROR_PREFIX } else { &self.error_prefix };
+        let t = PrefixTemplate::parse(template)?;
+        if !t.partition_keys().is_empty() {
+            return Err(FirehoseError::InvalidPrefix {
+                template: template.chars().take(80).collect(),
+                reason: "the error output prefix cannot use `!{partitionKeyFromQuery:...}`".into(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// The parsed partition keys.
+    ///
+    /// # Errors
+    /// [`FirehoseError::InvalidPartitionKey`].
+    pub fn partitioner(&self) -> Result<super::partition::Partitioner, FirehoseError> {
+        super::partition::Partitioner::new(&self.partition_keys)
     }
 }
 
@@ -170,6 +262,17 @@ mod tests {
         assert!(matches!(c.validate(), Err(FirehoseError::BufferInterval { .. })));
         c.buffering.interval_secs = 0;
         assert!(c.validate().is_ok());
+        c.buffering.interval_secs = 0;
+        c.retry_duration_secs = 7_201;
+        assert!(matches!(c.validate(), Err(FirehoseError::RetryDuration { .. })));
+        c.retry_duration_secs = 0;
+        c.prefix = "p/!{partitionKeyFromQuery:id}/".into();
+        assert!(matches!(c.validate(), Err(FirehoseError::InvalidPartitionKey { .. })));
+        c.partition_keys = vec![("id".into(), "/device/id".into())];
+        assert!(c.validate().is_ok());
+        c.error_prefix = "e/!{partitionKeyFromQuery:id}/".into();
+        assert!(matches!(c.validate(), Err(FirehoseError::InvalidPrefix { .. })));
+        c.error_prefix = String::new();
         c.name = "a/b".into();
         assert!(matches!(c.validate(), Err(FirehoseError::InvalidName(_))));
     }

@@ -18,6 +18,23 @@
 //! delivery per partition key (children's sequence numbers exceed their
 //! parents').
 //!
+//! With dynamic partitioning the prefix also holds the partition key values,
+//! and first/last are those of the object's own records (a batch split into
+//! several objects; see [`partition`](super::partition)).
+//!
+//! Error output objects are JSON lines, one object per record (Firehose's
+//! fields: `attemptsMade`, `arrivalTimestamp`, `errorCode`, `errorMessage`,
+//! `attemptEndingTimestamp`, `rawData` in base64, plus `sequenceNumber` and
+//! `shardId`), uncompressed, under the rendered error output prefix:
+//!
+//! ```text
+//! <error prefix><delivery stream>-<shard id>-<first>-<last>.json
+//! errors/http-endpoint-failed/2023/11/14/22/clicks-http-shardId-000000000001-1...-1....json
+//! ```
+//!
+//! again named after their first and last records, so writing them again
+//! after a crash overwrites the same objects.
+//!
 //! # The directory destination
 //!
 //! The key is a path under the root (`/` separates directories). An object is
@@ -50,6 +67,45 @@ pub fn object_key(
     format!("{prefix}{delivery_stream}-{shard_id}-{first}-{last}{extension}")
 }
 
+/// The key of an error output object (see the module header).
+pub fn error_key(
+    error_prefix: &str,
+    delivery_stream: &str,
+    shard_id: &str,
+    first: SequenceNumber,
+    last: SequenceNumber,
+) -> String {
+    format!("{error_prefix}{delivery_stream}-{shard_id}-{first}-{last}.json")
+}
+
+/// A UUID-shaped id of a batch, derived from its source alone (the same
+/// across retries and restarts): the HTTP endpoint destination's request id.
+pub fn request_id(
+    delivery_stream: &str,
+    shard_id: &str,
+    first: SequenceNumber,
+    last: SequenceNumber,
+) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{delivery_stream}\n{shard_id}\n{first}\n{last}"));
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// One object to deliver.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Its key.
+    pub key: String,
+    /// Its id, derived from its source ([`request_id`]).
+    pub request_id: String,
+    /// Its records' data, in order.
+    pub records: Vec<bytes::Bytes>,
+    /// The encoded (laid out, compressed) object; empty when the destination
+    /// does not [want it](Destination::wants_body).
+    pub body: Vec<u8>,
+}
+
 /// Somewhere objects are delivered.
 pub trait Destination: Send + Sync + 'static {
     /// Stores `body` under `key`, replacing any object there. `Ok` means
@@ -59,6 +115,31 @@ pub trait Destination: Send + Sync + 'static {
         key: &str,
         body: Vec<u8>,
     ) -> impl Future<Output = Result<(), FirehoseError>> + Send;
+
+    /// Delivers a batch; by default [`put`](Destination::put)s its body under
+    /// its key.
+    fn deliver(&self, batch: Batch) -> impl Future<Output = Result<(), FirehoseError>> + Send {
+        async move {
+            let Batch { key, body, .. } = batch;
+            self.put(&key, body).await
+        }
+    }
+
+    /// Whether [`deliver`](Destination::deliver) uses [`Batch::body`].
+    fn wants_body(&self) -> bool {
+        true
+    }
+
+    /// Whether error output can be [`put`](Destination::put) here (else it
+    /// needs a backup directory).
+    fn stores_objects(&self) -> bool {
+        true
+    }
+
+    /// `!{firehose:error-output-type}` of batches that failed here.
+    fn error_output_type(&self) -> &'static str {
+        "delivery-failed"
+    }
 }
 
 /// Objects as files under a root directory.
@@ -143,6 +224,16 @@ impl Destination for DirectoryDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_stable_and_uuid_shaped() {
+        let s = |o: u64| SequenceNumber { shard_index: 0, offset: o };
+        let a = request_id("d", "shardId-000000000000", s(1), s(9));
+        assert_eq!(a, request_id("d", "shardId-000000000000", s(1), s(9)));
+        assert_ne!(a, request_id("d", "shardId-000000000000", s(1), s(10)));
+        let parts: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12]);
+    }
 
     #[test]
     fn refuses_keys_leaving_the_root() {

@@ -30,6 +30,34 @@ pub enum FirehoseError {
         /// Upper bound.
         max: u32,
     },
+    /// The retry duration is outside its bounds.
+    #[error("retry duration {secs} s is outside 0..={max} s")]
+    RetryDuration {
+        /// The value given.
+        secs: u32,
+        /// Upper bound.
+        max: u32,
+    },
+    /// A dynamic partitioning key that is badly defined, undefined or unused.
+    #[error("partition key {name:?}: {reason}")]
+    InvalidPartitionKey {
+        /// The key's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A destination setting that is missing or wrong.
+    #[error("destination: {0}")]
+    InvalidDestination(String),
+    /// A destination answered, but not with success (HTTP status, wrong
+    /// request id, S3 error): retried, then sent to the error output.
+    #[error("{code}: {message}")]
+    Rejected {
+        /// Firehose-style error code (`HttpEndpoint.ResponseErrorCode`, ...).
+        code: String,
+        /// What happened.
+        message: String,
+    },
     /// A prefix template that cannot be parsed or rendered.
     #[error("invalid prefix template {template:?}: {reason}")]
     InvalidPrefix {
@@ -96,6 +124,14 @@ pub enum FirehoseError {
         /// Why.
         reason: String,
     },
+    /// A Parquet output setting that cannot be used (schema, compression).
+    #[error("Parquet output: {0}")]
+    InvalidFormat(String),
+    /// A batch could not be converted to Parquet: a record that is not a
+    /// JSON object or whose field does not convert (named in the error), or
+    /// the writer failed.
+    #[error("converting a batch to Parquet: {0}")]
+    Convert(#[from] super::parquet::ConvertError),
     /// Compressing a batch failed.
     #[error("compressing a batch: {0}")]
     Compress(#[source] std::io::Error),

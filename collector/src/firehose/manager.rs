@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{BufferingHints, Compression, DeliveryConfig, RecordFormat};
 use super::delivery::DeliveryStream;
-use super::destination::DirectoryDestination;
+use super::destination::{Batch, Destination, DirectoryDestination};
 use super::error::FirehoseError;
 use crate::store::{
     Appended, CreateStreamOptions, LogStore, NewRecord, StoreError, StreamStore, SystemClock,
@@ -73,6 +73,41 @@ pub struct DeliverySpec {
     pub prefix: String,
     /// Creation time, ms since the epoch.
     pub created_ms: u64,
+    /// Error output prefix template (empty: the default).
+    #[serde(default)]
+    pub error_prefix: String,
+    /// Retry duration, seconds.
+    #[serde(default = "default_retry_duration")]
+    pub retry_duration_secs: u32,
+    /// Dynamic partitioning keys: name and query.
+    #[serde(default)]
+    pub partition_keys: Vec<(String, String)>,
+    /// Where error output goes instead of the destination.
+    #[serde(default)]
+    pub backup_directory: Option<PathBuf>,
+    /// The destination (default: the directory `directory`).
+    #[serde(default)]
+    pub destination: DestinationSpec,
+    /// Parquet output with this schema instead of the records as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<super::parquet::ParquetSchema>,
+}
+
+fn default_retry_duration() -> u32 {
+    super::config::DEFAULT_RETRY_DURATION_SECS
+}
+
+/// The kind of destination of a delivery stream and its settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationSpec {
+    /// [`DeliverySpec::directory`].
+    #[default]
+    Directory,
+    /// An S3-compatible bucket.
+    S3(super::s3::S3Settings),
+    /// An HTTP endpoint.
+    Http(super::http::HttpSettings),
 }
 
 impl DeliverySpec {
@@ -94,22 +129,30 @@ impl DeliverySpec {
                 key: "compression".into(),
                 reason: format!("{:?} is not none, gzip or zstd", self.compression),
             })?;
-        let config = DeliveryConfig {
-            name: self.name.clone(),
-            source_stream: self.source_stream(),
-            buffering: BufferingHints {
-                size_mib: self.size_mib,
-                interval_secs: self.interval_secs,
-            },
-            format: if self.newline_delimited {
-                RecordFormat::NewlineDelimited
-            } else {
-                RecordFormat::AsIs
-            },
-            compression,
-            prefix: self.prefix.clone(),
+        let mut config = DeliveryConfig::new(self.name.clone(), self.source_stream());
+        config.buffering =
+            BufferingHints { size_mib: self.size_mib, interval_secs: self.interval_secs };
+        config.format = if self.newline_delimited {
+            RecordFormat::NewlineDelimited
+        } else {
+            RecordFormat::AsIs
         };
+        if let Some(schema) = &self.parquet {
+            let format = schema.clone().intern();
+            let format = format.map_err(|e| FirehoseError::InvalidFormat(e.to_string()))?;
+            config.format = RecordFormat::Parquet(format);
+        }
+        config.compression = compression;
+        config.prefix = self.prefix.clone();
+        config.error_prefix = self.error_prefix.clone();
+        config.retry_duration_secs = self.retry_duration_secs;
+        config.partition_keys = self.partition_keys.clone();
         config.validate()?;
+        match &self.destination {
+            DestinationSpec::Directory => {}
+            DestinationSpec::S3(s) => s.validate()?,
+            DestinationSpec::Http(h) => h.validate()?,
+        }
         Ok(config)
     }
 }
@@ -159,6 +202,7 @@ struct Running {
 pub struct Manager {
     store: LogStore,
     data_dir: PathBuf,
+    s3_defaults: Option<super::s3::S3Settings>,
     streams: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -179,9 +223,25 @@ impl Manager {
         data_dir: &Path,
         configured: Vec<DeliverySpec>,
     ) -> Result<Arc<Self>, ManagerError> {
+        Self::start_with_s3_defaults(store, data_dir, configured, None).await
+    }
+
+    /// [`start`](Self::start), with the S3 endpoint and credentials of
+    /// API-created S3 delivery streams (`[firehose_s3]`; the bucket is
+    /// replaced by the one each names).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with_s3_defaults(
+        store: LogStore,
+        data_dir: &Path,
+        configured: Vec<DeliverySpec>,
+        s3_defaults: Option<super::s3::S3Settings>,
+    ) -> Result<Arc<Self>, ManagerError> {
         let me = Arc::new(Self {
             store,
             data_dir: data_dir.to_path_buf(),
+            s3_defaults,
             streams: Mutex::new(BTreeMap::new()),
         });
         let persisted = me.load()?;
@@ -213,6 +273,14 @@ impl Manager {
     /// The default destination of a delivery stream.
     pub fn default_directory(data_dir: &Path, name: &str) -> PathBuf {
         data_dir.join("firehose").join(name)
+    }
+
+    /// S3 settings of an API-created delivery stream writing to `bucket`.
+    pub fn s3_settings(&self, bucket: &str) -> super::s3::S3Settings {
+        match &self.s3_defaults {
+            Some(d) => super::s3::S3Settings { bucket: bucket.to_owned(), ..d.clone() },
+            None => super::s3::S3Settings::new(bucket),
+        }
     }
 
     /// The data directory.
@@ -274,7 +342,14 @@ impl Manager {
         }
         let (stop, mut stopped) = watch::channel(false);
         let store = self.store.clone();
-        let directory = spec.directory.clone();
+        let destination = AnyDestination::new(&spec)?;
+        // Error output of a destination that stores no objects (HTTP) goes to
+        // the delivery stream's directory unless a backup directory is set.
+        let backup = match (&spec.backup_directory, destination.stores_objects()) {
+            (Some(d), _) => Some(DirectoryDestination::new(d.clone())),
+            (None, false) => Some(DirectoryDestination::new(spec.directory.clone())),
+            (None, true) => None,
+        };
         let checkpoint = self.state_dir().join(format!("{}.checkpoint", spec.name));
         let task = tokio::spawn(async move {
             let shutdown = async move {
@@ -282,9 +357,10 @@ impl Manager {
             };
             tokio::pin!(shutdown);
             loop {
-                let opened = DeliveryStream::open(
+                let opened = DeliveryStream::open_with_backup(
                     store.clone(),
-                    DirectoryDestination::new(directory.clone()),
+                    destination.clone(),
+                    backup.clone(),
                     config.clone(),
                     checkpoint.clone(),
                     Arc::new(SystemClock),
@@ -406,6 +482,75 @@ impl Manager {
         }
         for r in running {
             let _ = r.task.await;
+        }
+    }
+}
+
+/// The destinations a manager runs.
+#[derive(Debug, Clone)]
+pub enum AnyDestination {
+    /// A directory.
+    Directory(DirectoryDestination),
+    /// An S3-compatible bucket.
+    S3(super::s3::S3Destination),
+    /// An HTTP endpoint.
+    Http(super::http::HttpDestination),
+}
+
+impl AnyDestination {
+    /// The destination a spec names.
+    ///
+    /// # Errors
+    /// [`FirehoseError::InvalidDestination`] when its client cannot be built.
+    pub fn new(spec: &DeliverySpec) -> Result<Self, FirehoseError> {
+        Ok(match &spec.destination {
+            DestinationSpec::Directory => {
+                Self::Directory(DirectoryDestination::new(spec.directory.clone()))
+            }
+            DestinationSpec::S3(s) => Self::S3(super::s3::S3Destination::new(s)?),
+            DestinationSpec::Http(h) => Self::Http(super::http::HttpDestination::new(h)?),
+        })
+    }
+}
+
+impl Destination for AnyDestination {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), FirehoseError> {
+        match self {
+            Self::Directory(d) => d.put(key, body).await,
+            Self::S3(d) => d.put(key, body).await,
+            Self::Http(d) => d.put(key, body).await,
+        }
+    }
+
+    async fn deliver(&self, batch: Batch) -> Result<(), FirehoseError> {
+        match self {
+            Self::Directory(d) => d.deliver(batch).await,
+            Self::S3(d) => d.deliver(batch).await,
+            Self::Http(d) => d.deliver(batch).await,
+        }
+    }
+
+    fn wants_body(&self) -> bool {
+        match self {
+            Self::Directory(d) => d.wants_body(),
+            Self::S3(d) => d.wants_body(),
+            Self::Http(d) => d.wants_body(),
+        }
+    }
+
+    fn stores_objects(&self) -> bool {
+        match self {
+            Self::Directory(d) => d.stores_objects(),
+            Self::S3(d) => d.stores_objects(),
+            Self::Http(d) => d.stores_objects(),
+        }
+    }
+
+    fn error_output_type(&self) -> &'static str {
+        match self {
+            Self::Directory(d) => d.error_output_type(),
+            Self::S3(d) => d.error_output_type(),
+            Self::Http(d) => d.error_output_type(),
         }
     }
 }

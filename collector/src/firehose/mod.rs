@@ -10,11 +10,18 @@
 //! - `checkpoint`: [`Checkpoint`], the consumer's durable progress per shard
 //!   (file format in its header).
 //! - `destination`: the [`Destination`] trait and [`DirectoryDestination`]
-//!   (object naming in its header).
+//!   (object and error output naming in its header).
+//! - `s3`: the S3 destination (`object_store`), `http`: the HTTP endpoint
+//!   destination (Firehose's HTTP delivery contract, `reqwest`).
+//! - `partition`: dynamic partitioning, `!{partitionKeyFromQuery:<name>}`
+//!   from a JSON pointer or dotted path into each record.
 //! - `delivery`: [`DeliveryStream`], the checkpointed consumer per shard that
-//!   follows resharding and flushes by size or interval.
+//!   follows resharding and flushes by size or interval; retries with backoff
+//!   for the retry duration, then the error output; the metrics.
 //! - `manager`: [`Manager`], the running delivery streams of a collector
 //!   (`[[firehose]]` and API-created, persisted), one task each.
+//! - `parquet`: [`ParquetSchema`], JSON records converted to one Parquet file
+//!   per batch (`parquet` feature).
 //! - `error`: [`FirehoseError`].
 
 pub mod checkpoint;
@@ -23,8 +30,12 @@ pub mod delivery;
 pub mod destination;
 pub mod encode;
 pub mod error;
+pub mod http;
 pub mod manager;
+pub mod parquet;
+pub mod partition;
 pub mod prefix;
+pub mod s3;
 
 pub use checkpoint::{Checkpoint, PendingBatch, ShardCheckpoint};
 pub use config::{
@@ -36,4 +47,5 @@ pub use delivery::{DeliveredObject, DeliveryStream, PollReport};
 pub use destination::{Destination, DirectoryDestination, object_key};
 pub use error::FirehoseError;
 pub use manager::{DeliverySpec, Manager, ManagerError, Source, direct_put_stream};
+pub use parquet::{ColumnType, ParquetColumn, ParquetCompression, ParquetFormat, ParquetSchema};
 pub use prefix::PrefixTemplate;

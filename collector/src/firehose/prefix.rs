@@ -5,8 +5,15 @@
 //! Pattern letters follow Java's `DateTimeFormatter`, as Firehose does:
 //! `yyyy` year, `MM` month, `dd` day, `HH` hour, `mm` minute, `ss` second, all
 //! zero-padded. Other characters of a pattern are copied, except letters,
-//! which are refused. `!{partitionKeyFromQuery:...}` (dynamic partitioning)
-//! is not supported yet and is refused by name.
+//! which are refused.
+//!
+//! `!{partitionKeyFromQuery:<name>}` is the value of a dynamic partitioning
+//! key (see [`partition`](super::partition)) of the records of the object;
+//! `!{firehose:error-output-type}` is, in the error output prefix only, why
+//! the records are there (`partitioning-failed`, `delivery-failed`,
+//! `s3-failed`, `http-endpoint-failed`).
+
+use std::collections::BTreeMap;
 
 use super::error::FirehoseError;
 
@@ -22,6 +29,8 @@ enum Part {
     Hour,
     Minute,
     Second,
+    PartitionKey(String),
+    ErrorOutputType,
 }
 
 /// A parsed prefix template.
@@ -54,10 +63,24 @@ impl PrefixTemplate {
                 expr.split_once(':').ok_or_else(|| bad("expected `!{kind:argument}`"))?;
             match kind {
                 "timestamp" => parse_pattern(arg, &mut parts).map_err(|r| bad(&r))?,
-                "partitionKeyFromQuery" | "partitionKeyFromLambda" => {
-                    return Err(bad("dynamic partitioning is not supported yet"));
+                "partitionKeyFromQuery" => {
+                    if arg.is_empty() {
+                        return Err(bad("`!{partitionKeyFromQuery:}` needs a key name"));
+                    }
+                    parts.push(Part::PartitionKey(arg.to_owned()));
                 }
-                _ => return Err(bad("unknown expression; expected `timestamp`")),
+                "partitionKeyFromLambda" => {
+                    return Err(bad(
+                        "Lambda partitioning is not available; use partitionKeyFromQuery",
+                    ));
+                }
+                "firehose" if arg == "error-output-type" => parts.push(Part::ErrorOutputType),
+                _ => {
+                    return Err(bad(
+                        "unknown expression; expected `timestamp`, `partitionKeyFromQuery` or \
+                         `firehose:error-output-type`",
+                    ));
+                }
             }
             rest = &after[end + 1..];
         }
@@ -65,9 +88,37 @@ impl PrefixTemplate {
         Ok(Self { parts })
     }
 
+    /// Names of the `!{partitionKeyFromQuery:<name>}` it uses, in order.
+    pub fn partition_keys(&self) -> Vec<&str> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::PartitionKey(k) => Some(k.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether it uses `!{firehose:error-output-type}`.
+    pub fn uses_error_output_type(&self) -> bool {
+        self.parts.contains(&Part::ErrorOutputType)
+    }
+
     /// Renders the template for a batch whose oldest record arrived at
-    /// `timestamp_ms` (ms since the Unix epoch).
+    /// `timestamp_ms` (ms since the Unix epoch), without partition keys or
+    /// error output type.
     pub fn render(&self, timestamp_ms: u64) -> String {
+        self.render_with(timestamp_ms, &BTreeMap::new(), "")
+    }
+
+    /// Renders the template with the partition key values of the object's
+    /// records (a missing one renders empty) and an error output type.
+    pub fn render_with(
+        &self,
+        timestamp_ms: u64,
+        partition: &BTreeMap<String, String>,
+        error_output_type: &str,
+    ) -> String {
         let t = Utc::from_ms(timestamp_ms);
         let mut out = String::new();
         for p in &self.parts {
@@ -79,6 +130,10 @@ impl PrefixTemplate {
                 Part::Hour => out.push_str(&format!("{:02}", t.hour)),
                 Part::Minute => out.push_str(&format!("{:02}", t.minute)),
                 Part::Second => out.push_str(&format!("{:02}", t.second)),
+                Part::PartitionKey(k) => {
+                    out.push_str(partition.get(k).map(String::as_str).unwrap_or_default());
+                }
+                Part::ErrorOutputType => out.push_str(error_output_type),
             }
         }
         out
@@ -177,11 +232,25 @@ mod tests {
     }
 
     #[test]
+    fn renders_partition_keys_and_error_type() {
+        let t = PrefixTemplate::parse(
+            "!{firehose:error-output-type}/d=!{partitionKeyFromQuery:dev}/!{timestamp:yyyy}/",
+        )
+        .expect("parse");
+        assert_eq!(t.partition_keys(), ["dev"]);
+        assert!(t.uses_error_output_type());
+        let values = BTreeMap::from([("dev".to_owned(), "a1".to_owned())]);
+        assert_eq!(t.render_with(0, &values, "x-failed"), "x-failed/d=a1/1970/");
+    }
+
+    #[test]
     fn refuses() {
         for bad in [
             "!{timestamp:yyyy",
             "!{timestamp:YYYY}",
-            "!{partitionKeyFromQuery:id}",
+            "!{partitionKeyFromQuery:}",
+            "!{partitionKeyFromLambda:id}",
+            "!{firehose:random-string}",
             "!{other:x}",
             "!{nocolon}",
         ] {
