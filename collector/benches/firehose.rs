@@ -167,7 +167,7 @@ fn parquet_format() -> weir_collector::firehose::ParquetFormat {
         ParquetColumn::new("temp", ColumnType::Double),
         ParquetColumn::new("blob", ColumnType::String),
     ])
-    .intern()
+    .into_format()
     .expect("schema")
 }
 
@@ -370,7 +370,7 @@ fn main() {
             }
             let mut figs = Vec::new();
             for _ in 0..args.runs {
-                figs.push(runtime.block_on(deliver(&store, &args.dir, output, total)));
+                figs.push(runtime.block_on(deliver(&store, &args.dir, output.clone(), total)));
             }
             let objects = figs[0].2;
             let (m0, m1, m2) = stats(figs.iter().map(|f| f.0).collect());

@@ -164,7 +164,7 @@ async fn groups_by_hints_compresses_and_prefixes() {
         let (mut delivery, _) = open_delivery(
             &store,
             DirectoryDestination::new(&out),
-            config(1, 60, format, compression),
+            config(1, 60, format.clone(), compression),
             &dir.path().join("checkpoint.json"),
             &clock,
         )

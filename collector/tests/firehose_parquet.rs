@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use parquet::basic::{LogicalType, Repetition, TimeUnit, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -120,7 +121,7 @@ async fn delivered_parquet_reads_back_with_fields_types_and_nulls() {
         let out = dir.path().join("out");
         let config = DeliveryConfig {
             buffering: BufferingHints { size_mib: 1, interval_secs: 0 },
-            format: RecordFormat::Parquet(schema(compression).intern().expect("schema")),
+            format: RecordFormat::Parquet(schema(compression).into_format().expect("schema")),
             compression: Compression::None,
             prefix: "p/".into(),
             ..DeliveryConfig::new("to-parquet", STREAM)
@@ -191,6 +192,70 @@ async fn delivered_parquet_reads_back_with_fields_types_and_nulls() {
         );
         store.close().await;
     }
+}
+
+#[tokio::test]
+async fn records_that_do_not_convert_go_to_the_error_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = open_store(&dir.path().join("store"), &clock).await;
+    store.create_stream(STREAM, CreateStreamOptions::default()).await.expect("create");
+    let out = dir.path().join("out");
+    let config = DeliveryConfig {
+        buffering: BufferingHints { size_mib: 1, interval_secs: 0 },
+        format: RecordFormat::Parquet(
+            schema(ParquetCompression::Snappy).into_format().expect("schema"),
+        ),
+        compression: Compression::None,
+        prefix: "p/".into(),
+        ..DeliveryConfig::new("to-parquet", STREAM)
+    };
+    let (mut delivery, _) = DeliveryStream::open(
+        store.clone(),
+        DirectoryDestination::new(&out),
+        config,
+        dir.path().join("checkpoint.json"),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("open delivery stream");
+    let records = [
+        serde_json::json!({"id": 1, "ok": true}),
+        serde_json::json!([1, 2, 3]),
+        serde_json::json!({"id": "two"}),
+        serde_json::json!({"id": 3, "ok": false}),
+        serde_json::json!({"ok": true}),
+    ];
+    put(&store, &records).await;
+    let report = delivery.poll().await.expect("poll: bad records never stall the stream");
+    assert_eq!(report.delivered.iter().map(|d| d.records).sum::<usize>(), 2);
+    assert_eq!(report.errors.iter().map(|e| e.records).sum::<usize>(), 3);
+
+    let mut paths = Vec::new();
+    files(&out, &mut paths);
+    paths.sort();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    let (object, errors): (Vec<_>, Vec<_>) =
+        paths.iter().partition(|p| p.to_string_lossy().ends_with(".parquet"));
+    let (_, got) = rows(std::fs::read(object[0]).expect("read object"));
+    let ids: Vec<&Field> = got.iter().map(|r| &r[0].1).collect();
+    assert_eq!(ids, [&Field::Long(1), &Field::Long(3)]);
+    let errors = errors[0];
+    let rel = errors.strip_prefix(&out).expect("under out").to_string_lossy().into_owned();
+    assert!(rel.starts_with("errors/format-conversion-failed/"), "{rel}");
+    let text = std::fs::read_to_string(errors).expect("read error output");
+    let mut raw = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        assert_eq!(v["errorCode"], "DataFormatConversion.MalformedData");
+        assert!(v["errorMessage"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(v["rawData"].as_str().expect("rawData"))
+            .expect("base64");
+        raw.push(serde_json::from_slice::<serde_json::Value>(&data).expect("the record"));
+    }
+    assert_eq!(raw, [records[1].clone(), records[2].clone(), records[4].clone()]);
+    store.close().await;
 }
 
 fn stored(records: &[&str]) -> Vec<weir_collector::store::StoredRecord> {
@@ -268,28 +333,29 @@ fn bad_records_are_named_and_the_others_written() {
     assert_eq!((none.body, none.rows, none.rejected.len()), (None, 0, 1));
 
     // Record by record, as a delivery sorts out records for the error output.
-    let handle = schema.clone().intern().expect("schema");
+    let handle = schema.clone().into_format().expect("schema");
     let checked: Vec<usize> =
         (0..batch.len()).filter(|&i| handle.check(&batch[i]).is_err()).collect();
     assert_eq!(checked, converted.rejected.iter().map(|r| r.index).collect::<Vec<_>>());
 
     // `encode` (a whole batch) names the first bad record and field.
-    let format = RecordFormat::Parquet(schema.intern().expect("schema"));
-    let e = weir_collector::firehose::encode::encode(&batch, format, Compression::None)
+    let format = RecordFormat::Parquet(schema.into_format().expect("schema"));
+    let e = weir_collector::firehose::encode::encode(&batch, &format, Compression::None)
         .expect_err("bad records");
     assert!(matches!(e, FirehoseError::Convert(ConvertError::NotAnObject { .. })), "{e}");
 }
 
 #[test]
 fn parquet_settings_are_checked() {
-    let format = RecordFormat::Parquet(schema(ParquetCompression::Snappy).intern().expect("ok"));
+    let format =
+        RecordFormat::Parquet(schema(ParquetCompression::Snappy).into_format().expect("ok"));
     let config = DeliveryConfig {
         format,
         compression: Compression::Gzip,
         ..DeliveryConfig::new("to-parquet", STREAM)
     };
     assert!(matches!(config.validate(), Err(FirehoseError::InvalidFormat(_))));
-    let e = ParquetSchema::new(vec![]).intern().expect_err("no columns");
+    let e = ParquetSchema::new(vec![]).into_format().expect_err("no columns");
     assert_eq!(e.key, "columns");
 }
 
@@ -306,7 +372,7 @@ fn toml_parquet_sections_and_their_errors() {
     let c = Config::parse(&good, Path::new("c.toml")).expect("parse");
     let specs = c.firehose_specs().expect("specs");
     let config = specs[0].delivery_config().expect("delivery config");
-    let RecordFormat::Parquet(format) = config.format else { panic!("{:?}", config.format) };
+    let RecordFormat::Parquet(format) = &config.format else { panic!("{:?}", config.format) };
     assert_eq!(format.schema().compression, ParquetCompression::Zstd);
     assert_eq!(format.schema().columns.len(), 2);
     assert_eq!(format.schema().columns[1].path.as_deref(), Some("/meta/at"));

@@ -82,7 +82,7 @@ impl BufferingHints {
 }
 
 /// How records are laid out in an object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RecordFormat {
     /// Data blobs concatenated as they are (Firehose's behaviour).
     #[default]

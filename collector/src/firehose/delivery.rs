@@ -37,7 +37,11 @@
 //! error mark), so later attempts skip them and only the records of objects
 //! that failed go to the error output: a record is delivered or in the error
 //! output, never both. Records whose keys cannot be extracted go to the
-//! error output too, as part of their batch. Writing the error output is
+//! error output too, as part of their batch (error output type
+//! `partitioning-failed`), and so do records the output format cannot hold
+//! (Parquet: not a JSON object, or a field that does not convert;
+//! `format-conversion-failed`, error code
+//! `DataFormatConversion.MalformedData`). Writing the error output is
 //! retried without end: nothing is dropped.
 //!
 //! Metrics (through the `metrics` facade, label `delivery_stream`):
@@ -54,7 +58,7 @@ use std::time::Duration;
 use base64::Engine;
 
 use super::checkpoint::{Checkpoint, PendingBatch, PendingFailure, ShardCheckpoint};
-use super::config::DeliveryConfig;
+use super::config::{DeliveryConfig, RecordFormat};
 use super::destination::{
     Batch, Destination, DirectoryDestination, error_key, object_key, request_id,
 };
@@ -67,6 +71,10 @@ use crate::store::{
     StoredRecord, StreamStore,
 };
 
+/// Error code of records the output format cannot hold (Firehose's).
+pub const CONVERSION_FAILED_CODE: &str = "DataFormatConversion.MalformedData";
+/// `!{firehose:error-output-type}` of records the output format cannot hold.
+pub const CONVERSION_FAILED: &str = "format-conversion-failed";
 /// Most records asked for in one read of a shard.
 pub const READ_MAX_RECORDS: usize = 10_000;
 /// Most bytes asked for in one read of a shard.
@@ -162,6 +170,9 @@ enum AttemptError {
 struct Split {
     groups: Vec<(BTreeMap<String, String>, Vec<StoredRecord>)>,
     failed: Vec<(StoredRecord, String)>,
+    /// Records the output format cannot hold (Parquet: not a JSON object, or
+    /// a field that does not convert), with the reason.
+    unconvertible: Vec<(StoredRecord, String)>,
 }
 
 impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
@@ -428,7 +439,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             );
         }
         let size = self.config.buffering.size_bytes();
-        let format = self.config.format;
+        let format = self.config.format.clone();
         let now = self.clock.now_ms();
         for _ in 0..MAX_READS_PER_POLL {
             let Some(c) = self.consumers.get(&index) else { return Ok(()) };
@@ -437,7 +448,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             let batch = self.store.read(&self.config.source_stream, from, limits).await?;
             let empty = batch.records.is_empty();
             for r in batch.records {
-                let len = record_len(&r, format);
+                let len = record_len(&r, &format);
                 let full = self
                     .consumers
                     .get(&index)
@@ -622,7 +633,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             };
             state.attempts = state.attempts.saturating_add(1);
             let state = *state;
-            let (count, bytes) = split.totals(self.config.format);
+            let (count, bytes) = split.totals(&self.config.format);
             metrics::retried(&self.config.name, count, bytes);
             let expired = now.saturating_sub(state.since_ms)
                 >= u64::from(self.config.retry_duration_secs) * 1_000;
@@ -654,8 +665,26 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
 
     /// Splits a batch by partition key values (one group without keys).
     fn split(&self, records: Vec<StoredRecord>) -> Split {
+        let mut unconvertible = Vec::new();
+        let records: Vec<StoredRecord> = match &self.config.format {
+            RecordFormat::Parquet(parquet) => records
+                .into_iter()
+                .filter_map(|r| match parquet.check(&r) {
+                    Ok(()) => Some(r),
+                    Err(e) => {
+                        unconvertible.push((r, e.to_string()));
+                        None
+                    }
+                })
+                .collect(),
+            RecordFormat::AsIs | RecordFormat::NewlineDelimited => records,
+        };
         if self.partitioner.is_empty() {
-            return Split { groups: vec![(BTreeMap::new(), records)], failed: Vec::new() };
+            return Split {
+                groups: vec![(BTreeMap::new(), records)],
+                failed: Vec::new(),
+                unconvertible,
+            };
         }
         let mut index: BTreeMap<BTreeMap<String, String>, usize> = BTreeMap::new();
         let mut groups: Vec<(BTreeMap<String, String>, Vec<StoredRecord>)> = Vec::new();
@@ -672,7 +701,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                 Err(reason) => failed.push((r, reason)),
             }
         }
-        Split { groups, failed }
+        Split { groups, failed, unconvertible }
     }
 
     /// One attempt at a pending batch: its objects (or, once it failed for
@@ -708,7 +737,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                     self.config.extension(),
                 )
             };
-            let format = self.config.format;
+            let format = &self.config.format;
             let raw_bytes = records.iter().map(|r| record_len(r, format)).sum();
             let object = DeliveredObject {
                 key: key.clone(),
@@ -730,7 +759,8 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             let compression = self.config.compression;
             let body = if self.destination.wants_body() {
                 let recs = records.clone();
-                tokio::task::spawn_blocking(move || encode(&recs, format, compression))
+                let format = format.clone();
+                tokio::task::spawn_blocking(move || encode(&recs, &format, compression))
                     .await
                     .map_err(|_| AttemptError::Other(FirehoseError::Cancelled))?
                     .map_err(AttemptError::Other)?
@@ -773,6 +803,18 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                 errors.push(o);
             }
         }
+        if !split.unconvertible.is_empty() {
+            let f = PendingFailure {
+                error_code: CONVERSION_FAILED_CODE.to_owned(),
+                error_message: String::new(),
+                attempts: 1,
+                ending_ms: self.clock.now_ms(),
+                error_output_type: CONVERSION_FAILED.to_owned(),
+            };
+            if let Some(o) = self.write_errors(shard_id, &split.unconvertible, &f).await? {
+                errors.push(o);
+            }
+        }
         Ok((delivered, errors))
     }
 
@@ -812,7 +854,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             None => self.destination.put(&key, body).await,
         };
         result.map_err(|e| AttemptError::Destination(e, Vec::new()))?;
-        let format = self.config.format;
+        let format = &self.config.format;
         Ok(Some(DeliveredObject {
             key,
             shard_id: shard_id.to_owned(),
@@ -826,12 +868,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
 
 impl Split {
     /// Records and bytes of the whole batch.
-    fn totals(&self, format: super::config::RecordFormat) -> (u64, u64) {
+    fn totals(&self, format: &RecordFormat) -> (u64, u64) {
         let all = self
             .groups
             .iter()
             .flat_map(|(_, rs)| rs.iter())
-            .chain(self.failed.iter().map(|(r, _)| r));
+            .chain(self.failed.iter().map(|(r, _)| r))
+            .chain(self.unconvertible.iter().map(|(r, _)| r));
         all.fold((0, 0), |(n, b), r| (n + 1, b + record_len(r, format) as u64))
     }
 }

@@ -14,8 +14,8 @@ pub const ZSTD_LEVEL: i32 = 3;
 
 /// Bytes a record takes in an object before compression (for Parquet: its
 /// JSON's size).
-pub fn record_len(record: &StoredRecord, format: RecordFormat) -> usize {
-    record.data.len() + usize::from(format == RecordFormat::NewlineDelimited)
+pub fn record_len(record: &StoredRecord, format: &RecordFormat) -> usize {
+    record.data.len() + usize::from(*format == RecordFormat::NewlineDelimited)
 }
 
 /// The body of an object holding `records`.
@@ -23,12 +23,13 @@ pub fn record_len(record: &StoredRecord, format: RecordFormat) -> usize {
 /// # Errors
 /// [`FirehoseError::Compress`] if the compressor fails;
 /// [`FirehoseError::Convert`] for Parquet output if a record is not a JSON
-/// object or a field does not convert (the first such record is named; use
-/// [`convert`](super::parquet::convert) to write the others and route those
-/// to the error output), or if the writer fails.
+/// object or a field does not convert (the first such record is named; the
+/// delivery stream routes such records to the error output beforehand with
+/// [`ParquetFormat::check`](super::parquet::ParquetFormat::check)), or if the
+/// writer fails.
 pub fn encode(
     records: &[StoredRecord],
-    format: RecordFormat,
+    format: &RecordFormat,
     compression: Compression,
 ) -> Result<Vec<u8>, FirehoseError> {
     let raw = match format {
@@ -40,7 +41,7 @@ pub fn encode(
             converted.body.unwrap_or_default()
         }
         RecordFormat::AsIs | RecordFormat::NewlineDelimited => {
-            let newline = format == RecordFormat::NewlineDelimited;
+            let newline = *format == RecordFormat::NewlineDelimited;
             let len = records.iter().map(|r| r.data.len()).sum::<usize>()
                 + if newline { records.len() } else { 0 };
             let mut raw = Vec::with_capacity(len);

@@ -138,7 +138,7 @@ impl DeliverySpec {
             RecordFormat::AsIs
         };
         if let Some(schema) = &self.parquet {
-            let format = schema.clone().intern();
+            let format = schema.clone().into_format();
             let format = format.map_err(|e| FirehoseError::InvalidFormat(e.to_string()))?;
             config.format = RecordFormat::Parquet(format);
         }

@@ -23,10 +23,10 @@
 //! a conversion failure otherwise. A record that is not a JSON object, or one
 //! of whose fields does not convert, is *rejected*: [`convert`] writes the
 //! other records and names each rejected one with its column and reason
-//! ([`ConvertError`]), and [`ParquetFormat::check`] tells it for one record,
-//! so that a delivery can send such records to the error output. The
-//! delivery stream does not do that yet: [`encode`](super::encode::encode)
-//! fails the whole batch on its first rejected record.
+//! ([`ConvertError`]), and [`ParquetFormat::check`] tells it for one record:
+//! the delivery stream sends such records to the error output (error output
+//! type `format-conversion-failed`) before it encodes a batch, so
+//! [`encode`](super::encode::encode) only sees records that convert.
 //!
 //! # Compression
 //!
@@ -42,14 +42,7 @@
 //! [`DeliveryConfig::validate`](super::DeliveryConfig::validate) refuses
 //! Parquet output.
 //!
-//! # Where schemas live
-//!
-//! A schema travels inside [`RecordFormat::Parquet`](super::RecordFormat) as a
-//! [`ParquetFormat`], a copyable handle to an interned schema: equal schemas
-//! share one allocation for the life of the process, and at most
-//! [`MAX_INTERNED_SCHEMAS`] distinct ones are ever accepted.
-
-use std::sync::{Mutex, OnceLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,8 +50,6 @@ use crate::store::{SequenceNumber, StoredRecord};
 
 /// Most columns in a schema.
 pub const MAX_COLUMNS: usize = 1_000;
-/// Most distinct schemas a process interns (each lives until exit).
-pub const MAX_INTERNED_SCHEMAS: usize = 4_096;
 /// zstd level of Parquet pages when zstd is chosen.
 pub const PARQUET_ZSTD_LEVEL: i32 = 3;
 
@@ -205,42 +196,26 @@ impl ParquetSchema {
         Ok(())
     }
 
-    /// Validates the schema and returns its interned handle.
+    /// Validates the schema and returns the handle a
+    /// [`RecordFormat::Parquet`](super::RecordFormat) carries.
     ///
     /// # Errors
-    /// An invalid schema, or [`MAX_INTERNED_SCHEMAS`] distinct schemas
-    /// interned already.
-    pub fn intern(self) -> Result<ParquetFormat, SchemaError> {
+    /// An invalid schema.
+    pub fn into_format(self) -> Result<ParquetFormat, SchemaError> {
         self.validate()?;
-        static INTERNED: OnceLock<Mutex<Vec<&'static ParquetSchema>>> = OnceLock::new();
-        let mut all = INTERNED
-            .get_or_init(|| Mutex::new(Vec::new()))
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = all.iter().find(|s| ***s == self) {
-            return Ok(ParquetFormat(s));
-        }
-        if all.len() >= MAX_INTERNED_SCHEMAS {
-            return Err(SchemaError {
-                key: "columns".into(),
-                message: format!("more than {MAX_INTERNED_SCHEMAS} distinct Parquet schemas"),
-            });
-        }
-        let leaked: &'static ParquetSchema = Box::leak(Box::new(self));
-        all.push(leaked);
-        Ok(ParquetFormat(leaked))
+        Ok(ParquetFormat(Arc::new(self)))
     }
 }
 
-/// A copyable handle to an interned [`ParquetSchema`] (see the module
-/// header); made by [`ParquetSchema::intern`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParquetFormat(&'static ParquetSchema);
+/// A cheaply cloned, shared handle to a validated [`ParquetSchema`]; made by
+/// [`ParquetSchema::into_format`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParquetFormat(Arc<ParquetSchema>);
 
 impl ParquetFormat {
     /// The schema.
-    pub fn schema(self) -> &'static ParquetSchema {
-        self.0
+    pub fn schema(&self) -> &ParquetSchema {
+        &self.0
     }
 
     /// Whether `record` converts: a delivery can send the records that do
@@ -249,8 +224,8 @@ impl ParquetFormat {
     ///
     /// # Errors
     /// Why the record would be rejected.
-    pub fn check(self, record: &StoredRecord) -> Result<(), ConvertError> {
-        row(self.0, record).map(drop)
+    pub fn check(&self, record: &StoredRecord) -> Result<(), ConvertError> {
+        row(&self.0, record).map(drop)
     }
 }
 
@@ -518,14 +493,6 @@ mod tests {
         bad_path.path = Some("a..b".into());
         let e = ParquetSchema::new(vec![bad_path]).validate().map_err(|e| e.key);
         assert_eq!(e, Err("columns[0].path".into()));
-    }
-
-    #[test]
-    fn interning_shares_equal_schemas() {
-        let s = ParquetSchema::new(vec![ParquetColumn::new("x", ColumnType::Double)]);
-        let a = s.clone().intern().expect("intern");
-        let b = s.intern().expect("intern");
-        assert!(std::ptr::eq(a.schema(), b.schema()));
     }
 
     #[test]
