@@ -199,6 +199,29 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// The body of `GET <path>` from an HTTP/1.1 server on `addr` (empty if the
+/// server cannot be reached), e.g. the collector's `/metrics`.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    if s.write_all(request.as_bytes()).is_err() || s.read_to_string(&mut out).is_err() {
+        return String::new();
+    }
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// The value of the sample `<name>{<labels>}` in Prometheus text (`labels`
+/// as written there, e.g. `delivery_stream="orders"`), if present.
+pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
 /// A `weir-agent` process run from a configuration file; it can be killed
 /// and started again on the same spool. Its log accumulates across runs.
 pub struct Agent {

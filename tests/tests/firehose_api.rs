@@ -17,7 +17,7 @@ use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
     DeliveryStreamType, ExtendedS3DestinationConfiguration, Record, Tag,
 };
-use weir_tests::harness::{Collector, wait_for};
+use weir_tests::harness::{Collector, http_get, metric_value, wait_for};
 
 /// How long delivery with a 1 s interval hint may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,8 +136,16 @@ async fn direct_put_delivers_each_record_once_and_survives_restart() {
     let dir = data_dir.join("firehose").join("orders");
     let ok = wait_for(DELIVERY_TIMEOUT, || delivered(&dir).len() == wanted.len() + 1);
     assert!(ok, "not delivered in {DELIVERY_TIMEOUT:?}\n{}", collector.report());
-    // A little longer: nothing is delivered twice.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The delivery stream counts exactly the records put as delivered (a
+    // batch delivered twice would count twice), and the objects hold each
+    // once.
+    let addr = http_addr(&collector);
+    let counted = || {
+        let text = http_get(addr, "/metrics");
+        metric_value(&text, "weir_firehose_delivered_records_total", "delivery_stream=\"orders\"")
+    };
+    let ok = wait_for(DELIVERY_TIMEOUT, || counted() == Some((wanted.len() + 1) as f64));
+    assert!(ok, "delivered count {:?}\n{}", counted(), collector.report());
     let got = delivered(&dir);
     let mut expected: BTreeMap<String, usize> = wanted.iter().map(|r| (r.clone(), 1)).collect();
     expected.insert("record-single".into(), 1);
