@@ -34,6 +34,12 @@
 //!
 //! Appends go to the page cache, which survives a crash of the agent; the
 //! spool is fsync'd every [`SYNC_INTERVAL`] and at shutdown, for power loss.
+//! After each fsync the spool's synced point moves
+//! ([`Spool::mark_synced`](crate::spool::Spool::mark_synced)): inputs that
+//! acknowledge to their source (the serial input, whose node then forgets
+//! the frames) go by it, so an ack survives a power cut of the gateway; an
+//! entry carrying such an input's checkpoints is fsync'd at once
+//! ([`BatcherSetup::sync_inputs`]), so those acks are not held back a second.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -137,6 +143,10 @@ pub struct BatcherSetup {
     pub table: Table,
     /// `checkpoints.json`.
     pub checkpoint_file: PathBuf,
+    /// Inputs that acknowledge to their source what is fsync'd (the serial
+    /// input: its node then forgets the frames): an entry carrying their
+    /// checkpoints is fsync'd at once rather than within [`SYNC_INTERVAL`].
+    pub sync_inputs: Vec<String>,
 }
 
 /// The batcher's state.
@@ -159,6 +169,8 @@ pub struct Batcher {
     last_file_write: Option<Instant>,
     unsynced: bool,
     last_sync: Instant,
+    /// See [`BatcherSetup::sync_inputs`].
+    sync_inputs: Vec<String>,
     encode_buf: Vec<u8>,
 }
 
@@ -194,6 +206,7 @@ impl Batcher {
             last_file_write: None,
             unsynced: false,
             last_sync: Instant::now(),
+            sync_inputs: setup.sync_inputs,
             encode_buf: Vec::new(),
         }
     }
@@ -374,6 +387,9 @@ impl Batcher {
                     self.shared.batcher.blocked.store(false, Ordering::Relaxed);
                     self.shared.appended.notify_one();
                     self.unsynced = true;
+                    if updates.iter().any(|(input, _)| self.sync_inputs.contains(input)) {
+                        self.sync(Instant::now());
+                    }
                     for (input, c) in updates {
                         self.table.set(&input, c);
                     }
@@ -477,15 +493,22 @@ impl Batcher {
     /// fsyncs the spool's new data, outside the spool lock so the shipper
     /// is not held up by the disk.
     fn sync(&mut self, now: Instant) {
-        let files = lock(&self.spool).unsynced_files();
+        let (files, point) = {
+            let mut spool = lock(&self.spool);
+            (spool.unsynced_files(), spool.sync_point())
+        };
         let result = files.and_then(|files| {
             files.into_iter().try_for_each(|(path, f)| {
                 f.sync_data().map_err(|source| SpoolError::Io { op: "fsync", path, source })
             })
         });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "spool fsync failed");
-            self.shared.batcher.last_error.set(&e);
+        match result {
+            // Inputs that acknowledge to their source (serial) go by this.
+            Ok(()) => lock(&self.spool).mark_synced(point),
+            Err(e) => {
+                tracing::warn!(error = %e, "spool fsync failed");
+                self.shared.batcher.last_error.set(&e);
+            }
         }
         self.unsynced = false;
         self.last_sync = now;

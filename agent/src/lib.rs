@@ -131,6 +131,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             input_streams: config.inputs.iter().map(|i| i.stream.clone()).collect(),
             table: table.clone(),
             checkpoint_file: config.checkpoint_file.clone(),
+            sync_inputs: config
+                .inputs
+                .iter()
+                .filter(|i| matches!(i.kind, InputKind::Serial(_)))
+                .map(|i| i.name.clone())
+                .collect(),
         },
         spool.clone(),
         shared.clone(),

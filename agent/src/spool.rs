@@ -214,6 +214,19 @@ pub struct Spool {
     next_seq: u64,
     state: SpoolState,
     last_meta: Option<Vec<u8>>,
+    /// The newest [`SyncPoint`] known fsync'd: entries below its `next_seq`
+    /// survive a power cut.
+    synced: SyncPoint,
+}
+
+/// A position in the spool and the metadata of the newest entry before it:
+/// taken before an fsync, published once the fsync succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPoint {
+    /// Entries below this sequence number are covered.
+    pub next_seq: u64,
+    /// The metadata of entry `next_seq - 1` (the newest one covered).
+    pub meta: Option<Vec<u8>>,
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -353,6 +366,7 @@ impl Spool {
             unsynced: Vec::new(),
             next_seq,
             state,
+            synced: SyncPoint { next_seq, meta: last_meta.clone() },
             last_meta,
         };
         spool.delete_acked()?;
@@ -363,6 +377,26 @@ impl Spool {
     /// (the agent's latest checkpoints), from recovery or the last append.
     pub fn last_meta(&self) -> Option<&[u8]> {
         self.last_meta.as_deref()
+    }
+
+    /// What was appended so far: fsync it (see [`unsynced_files`](Self::unsynced_files)),
+    /// then publish it with [`mark_synced`](Self::mark_synced).
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint { next_seq: self.next_seq, meta: self.last_meta.clone() }
+    }
+
+    /// Records that the entries below `point.next_seq` are fsync'd (an older
+    /// point than the one recorded changes nothing).
+    pub fn mark_synced(&mut self, point: SyncPoint) {
+        if point.next_seq > self.synced.next_seq {
+            self.synced = point;
+        }
+    }
+
+    /// The newest point known fsync'd. Everything found on disk when the
+    /// spool was opened counts as synced.
+    pub fn synced(&self) -> &SyncPoint {
+        &self.synced
     }
 
     /// Sequence number the next appended entry gets.
@@ -508,9 +542,11 @@ impl Spool {
     /// # Errors
     /// The sync failed.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        let point = self.sync_point();
         for (path, f) in self.unsynced_files()? {
             f.sync_data().map_err(io_err("fsync", &path))?;
         }
+        self.mark_synced(point);
         Ok(())
     }
 

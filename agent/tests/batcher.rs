@@ -42,6 +42,7 @@ fn fixture(max_records: usize, linger_ms: u64, max_spool: u64, policy: FullPolic
         input_streams: vec!["logs".into(), "metrics".into()],
         table: Table::default(),
         checkpoint_file: dir.path().join("checkpoints.json"),
+        sync_inputs: Vec::new(),
     };
     let batcher = Batcher::new(setup, spool.clone(), shared.clone());
     Fixture { _dir: dir, spool, shared, batcher }

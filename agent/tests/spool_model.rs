@@ -152,3 +152,40 @@ fn spool_agrees_with_the_model_block() {
     let fulls: u32 = (100..140).map(|seed| run(seed, FullPolicy::Block).1).sum();
     assert!(fulls > 10, "the bound was reached often enough to test blocking ({fulls})");
 }
+
+#[test]
+fn the_synced_point_moves_only_with_an_fsync_and_covers_a_reopened_spool() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("spool");
+    let config =
+        SpoolConfig { max_bytes: 1 << 20, segment_bytes: 4_096, policy: FullPolicy::Block };
+    let mut spool = Spool::open(&dir, config).expect("open");
+    assert_eq!(spool.synced().next_seq, 0);
+    spool.append(1, b"meta-0", b"payload").expect("append");
+    spool.append(1, b"meta-1", b"payload").expect("append");
+    // Appended (page cache) is not synced.
+    assert_eq!((spool.synced().next_seq, spool.synced().meta.clone()), (0, None));
+    // A point taken before more appends covers only what came before it.
+    let point = spool.sync_point();
+    spool.append(1, b"meta-2", b"payload").expect("append");
+    spool.mark_synced(point.clone());
+    assert_eq!(
+        (spool.synced().next_seq, spool.synced().meta.as_deref()),
+        (2, Some(&b"meta-1"[..]))
+    );
+    // An older point changes nothing.
+    spool.mark_synced(weir_agent::spool::SyncPoint { next_seq: 1, meta: None });
+    assert_eq!(spool.synced(), &point);
+    spool.sync().expect("sync");
+    assert_eq!(
+        (spool.synced().next_seq, spool.synced().meta.as_deref()),
+        (3, Some(&b"meta-2"[..]))
+    );
+    drop(spool);
+    // What is on disk when the spool opens counts as synced.
+    let spool = Spool::open(&dir, config).expect("reopen");
+    assert_eq!(
+        (spool.synced().next_seq, spool.synced().meta.as_deref()),
+        (3, Some(&b"meta-2"[..]))
+    );
+}

@@ -248,6 +248,8 @@ fn bad_frames_are_skipped_and_counted_good_ones_shipped_once_and_acked() {
             && l["oversized"] == 1
             && l["duplicates"] == 7
             && l["missed"] == 1
+            // The status file is rewritten every second: wait for the ack.
+            && l["nodes"][0]["acked_seq"] == 9
     };
     assert!(
         agent.wait_status(SHIP_TIMEOUT, counted),

@@ -68,9 +68,12 @@
 //! most [`MAX_NODES`] nodes per input: the one seen least recently is
 //! forgotten first.
 //!
-//! Acks mean "in the spool": appended, so it survives an agent crash; the
-//! batcher fsyncs the spool within a second for power loss. Held frames are
-//! not acknowledged, so a node sends them again after an agent restart.
+//! Acks mean "in the spool and fsync'd": the input goes by the spool's
+//! synced point, which the batcher moves after each fsync (an entry with a
+//! serial input's checkpoints is fsync'd as soon as it is written), so a
+//! frame the node forgets survives a power cut of the gateway too. Held
+//! frames are not acknowledged, so a node sends them again after an agent
+//! restart.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -853,13 +856,15 @@ impl Reader {
             self.write_current_ack(port)?;
             return Ok(());
         }
+        // Only what is fsync'd: the node forgets what it sees acknowledged.
         let meta = {
             let spool = lock(&self.task.spool);
-            if spool.next_seq() == self.spool_seen {
+            let synced = spool.synced();
+            if synced.next_seq == self.spool_seen {
                 None
             } else {
-                self.spool_seen = spool.next_seq();
-                spool.last_meta().map(<[u8]>::to_vec)
+                self.spool_seen = synced.next_seq;
+                synced.meta.clone()
             }
         };
         if let Some(table) = meta.and_then(|m| Table::from_meta(&m).ok()) {
