@@ -124,6 +124,15 @@ impl Collector {
         serde_json::from_str(&text).expect("ready file is JSON")
     }
 
+    /// The address of its HTTP listener (Kinesis and Firehose APIs,
+    /// `/metrics`), from the ready file.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.ready()["http"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("ready file names no http address\n{}", self.report()))
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;

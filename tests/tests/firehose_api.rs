@@ -19,15 +19,10 @@ use aws_sdk_firehose::types::{
 };
 use weir_tests::harness::{Collector, http_get, metric_value, wait_for};
 
+mod kinesis_support;
+
 /// How long delivery with a 1 s interval hint may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn http_addr(c: &Collector) -> SocketAddr {
-    c.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ready file names no http address\n{}", c.report()))
-}
 
 fn sdk(addr: SocketAddr) -> Client {
     let conf = aws_sdk_firehose::Config::builder()
@@ -79,7 +74,7 @@ async fn direct_put_delivers_each_record_once_and_survives_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data_dir = tmp.path().join("data");
     let collector = Collector::start_in(&data_dir, tmp.path(), &["--fsync", "never"]);
-    let client = sdk(http_addr(&collector));
+    let client = sdk(collector.http_addr());
 
     let arn = client
         .create_delivery_stream()
@@ -139,7 +134,7 @@ async fn direct_put_delivers_each_record_once_and_survives_restart() {
     // The delivery stream counts exactly the records put as delivered (a
     // batch delivered twice would count twice), and the objects hold each
     // once.
-    let addr = http_addr(&collector);
+    let addr = collector.http_addr();
     let counted = || {
         let text = http_get(addr, "/metrics");
         metric_value(&text, "weir_firehose_delivered_records_total", "delivery_stream=\"orders\"")
@@ -200,7 +195,7 @@ async fn direct_put_delivers_each_record_once_and_survives_restart() {
     assert!(collector.wait_exit(Duration::from_secs(30)).is_some(), "{}", collector.report());
     drop(collector);
     let collector = Collector::start_in(&data_dir, tmp.path(), &["--fsync", "never"]);
-    let client = sdk(http_addr(&collector));
+    let client = sdk(collector.http_addr());
     let names = client.list_delivery_streams().send().await.expect("list").delivery_stream_names;
     assert_eq!(names, vec!["orders".to_owned()]);
     client
@@ -226,7 +221,6 @@ async fn direct_put_delivers_each_record_once_and_survives_restart() {
 /// PutRecords appended to their source stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_sources_from_config_and_api_deliver() {
-    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data_dir = tmp.path().join("data");
     let out_dir = tmp.path().join("archive");
@@ -243,23 +237,9 @@ async fn stream_sources_from_config_and_api_deliver() {
     let config_arg = config.display().to_string();
     let collector =
         Collector::start_in(&data_dir, tmp.path(), &["--config", &config_arg, "--fsync", "never"]);
-    let addr = http_addr(&collector);
+    let addr = collector.http_addr();
     let firehose = sdk(addr);
-    let kinesis = aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .endpoint_url(format!("http://{addr}"))
-            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                "weir",
-                "weir",
-                None,
-                None,
-                "weir-tests",
-            ))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build(),
-    );
+    let kinesis = kinesis_support::sdk(addr);
     kinesis.create_stream().stream_name("sensors").shard_count(2).send().await.expect("create");
     firehose
         .create_delivery_stream()
@@ -288,24 +268,7 @@ async fn stream_sources_from_config_and_api_deliver() {
     assert_eq!(code(&e), "ResourceInUseException", "{e:?}");
 
     let wanted: Vec<String> = (0..200).map(|i| format!("reading-{i:04}")).collect();
-    let entries: Vec<PutRecordsRequestEntry> = wanted
-        .iter()
-        .map(|r| {
-            PutRecordsRequestEntry::builder()
-                .partition_key(r)
-                .data(aws_sdk_kinesis::primitives::Blob::new(r.as_bytes()))
-                .build()
-                .expect("entry")
-        })
-        .collect();
-    let out = kinesis
-        .put_records()
-        .stream_name("sensors")
-        .set_records(Some(entries))
-        .send()
-        .await
-        .expect("put records");
-    assert_eq!(out.failed_record_count, Some(0));
+    kinesis_support::put_all(&kinesis, "sensors", &wanted).await;
     let expected: BTreeMap<String, usize> = wanted.iter().map(|r| (r.clone(), 1)).collect();
     let mirror_dir = data_dir.join("firehose").join("mirror");
     for dir in [&out_dir, &mirror_dir] {

@@ -40,13 +40,6 @@ const KILL_DELAY_MS: std::ops::Range<u64> = 100..1_500;
 /// delivery to catch up, after the last restart.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
-fn http_addr(c: &Collector) -> SocketAddr {
-    c.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ready file names no http address\n{}", c.report()))
-}
-
 fn kinesis(addr: SocketAddr) -> Client {
     Client::from_conf(
         aws_sdk_kinesis::Config::builder()
@@ -206,7 +199,7 @@ async fn every_acknowledged_record_delivered_once_across_kill_9() {
 
     let writer = Arc::new(Mutex::new(Writer::default()));
     let mut collector = Collector::start_in(&data_dir, tmp.path(), &args);
-    kinesis(http_addr(&collector))
+    kinesis(collector.http_addr())
         .create_stream()
         .stream_name("events")
         .shard_count(SHARDS)
@@ -215,7 +208,7 @@ async fn every_acknowledged_record_delivered_once_across_kill_9() {
         .unwrap_or_else(|e| panic!("create stream: {e:?}\n{}", collector.report()));
 
     for round in 0..KILLS {
-        let client = kinesis(http_addr(&collector));
+        let client = kinesis(collector.http_addr());
         let task = tokio::spawn(write(client, writer.clone()));
         let delay = rng.gen_range(KILL_DELAY_MS);
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -234,7 +227,7 @@ async fn every_acknowledged_record_delivered_once_across_kill_9() {
     }
 
     // The last run: everything acknowledged, then delivered.
-    let client = kinesis(http_addr(&collector));
+    let client = kinesis(collector.http_addr());
     let deadline = Instant::now() + CATCH_UP;
     while !writer.lock().expect("writer").complete() {
         assert!(Instant::now() < deadline, "writer not done\n{}", collector.report());

@@ -18,6 +18,8 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::harness::Collector;
 
+mod kinesis_support;
+
 /// How long delivery (with its retries) may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The collector's request timeout of the flaky endpoint, seconds.
@@ -171,7 +173,6 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_the_same_request_id_then_delivers_once_or_backs_up() {
-    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     let flaky = Endpoint::default();
     let down = Endpoint { always_fail: true, ..Endpoint::default() };
     let flaky_addr = serve(flaky.clone()).await;
@@ -214,45 +215,11 @@ url = "http://{down_addr}/ingest"
     let config_arg = config.display().to_string();
     let collector =
         Collector::start_in(&data_dir, tmp.path(), &["--config", &config_arg, "--fsync", "never"]);
-    let addr: SocketAddr = collector.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address\n{}", collector.report()));
-    let kinesis = aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .endpoint_url(format!("http://{addr}"))
-            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                "weir",
-                "weir",
-                None,
-                None,
-                "weir-tests",
-            ))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build(),
-    );
+    let addr = collector.http_addr();
+    let kinesis = kinesis_support::sdk(addr);
     kinesis.create_stream().stream_name("events").shard_count(1).send().await.expect("create");
     let wanted: Vec<String> = (0..20).map(|i| format!("{{\"event\":{i}}}")).collect();
-    let entries: Vec<PutRecordsRequestEntry> = wanted
-        .iter()
-        .map(|r| {
-            PutRecordsRequestEntry::builder()
-                .partition_key("k")
-                .data(aws_sdk_kinesis::primitives::Blob::new(r.as_bytes()))
-                .build()
-                .expect("entry")
-        })
-        .collect();
-    let out = kinesis
-        .put_records()
-        .stream_name("events")
-        .set_records(Some(entries))
-        .send()
-        .await
-        .expect("put records");
-    assert_eq!(out.failed_record_count, Some(0));
+    kinesis_support::put_all(&kinesis, "events", &wanted).await;
 
     // The flaky endpoint: 3 x 500, a timeout, a wrong request id, then 200.
     let delivered = wait_until(DELIVERY_TIMEOUT, || {
@@ -333,10 +300,7 @@ async fn api_created_http_endpoint_delivery_stream_delivers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let collector =
         Collector::start_in(&tmp.path().join("data"), tmp.path(), &["--fsync", "never"]);
-    let addr: SocketAddr = collector.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address\n{}", collector.report()));
+    let addr = collector.http_addr();
     let client = aws_sdk_firehose::Client::from_conf(
         aws_sdk_firehose::Config::builder()
             .behavior_version(BehaviorVersion::latest())

@@ -16,6 +16,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::harness::{Collector, free_port};
 
+mod kinesis_support;
+
 /// How long the S3 server may take to start.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long delivery may take.
@@ -112,7 +114,6 @@ async fn objects(s3: &AmazonS3, prefix: &str) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_each_record_once_to_the_bucket() {
-    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = S3Server::start(tmp.path()).await;
     let data_dir = tmp.path().join("data");
@@ -144,48 +145,12 @@ secret_access_key = "test"
     let config_arg = config.display().to_string();
     let collector =
         Collector::start_in(&data_dir, tmp.path(), &["--config", &config_arg, "--fsync", "never"]);
-    let addr: SocketAddr = collector.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address\n{}", collector.report()));
-    let kinesis = aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .endpoint_url(format!("http://{addr}"))
-            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                "weir",
-                "weir",
-                None,
-                None,
-                "weir-tests",
-            ))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build(),
-    );
+    let addr = collector.http_addr();
+    let kinesis = kinesis_support::sdk(addr);
     kinesis.create_stream().stream_name("events").shard_count(2).send().await.expect("create");
     let wanted: Vec<String> =
         (0..300).map(|i| format!(r#"{{"n":{i},"site":"s{}"}}"#, i % 3)).collect();
-    for chunk in wanted.chunks(100) {
-        let entries: Vec<PutRecordsRequestEntry> = chunk
-            .iter()
-            .map(|r| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(r)
-                    .data(aws_sdk_kinesis::primitives::Blob::new(r.as_bytes()))
-                    .build()
-                    .expect("entry")
-            })
-            .collect();
-        let out = kinesis
-            .put_records()
-            .stream_name("events")
-            .set_records(Some(entries))
-            .send()
-            .await
-            .expect("put records");
-        assert_eq!(out.failed_record_count, Some(0));
-    }
+    kinesis_support::put_all(&kinesis, "events", &wanted).await;
 
     let s3 = server.client();
     let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
@@ -251,10 +216,7 @@ async fn api_created_s3_delivery_stream_partitions_into_the_bucket() {
     let config_arg = config.display().to_string();
     let collector =
         Collector::start_in(&data_dir, tmp.path(), &["--config", &config_arg, "--fsync", "never"]);
-    let addr: SocketAddr = collector.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http address\n{}", collector.report()));
+    let addr = collector.http_addr();
     let client = aws_sdk_firehose::Client::from_conf(
         aws_sdk_firehose::Config::builder()
             .behavior_version(BehaviorVersion::latest())

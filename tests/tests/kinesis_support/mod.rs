@@ -26,10 +26,7 @@ pub fn start(extra: &[&str]) -> (Collector, SocketAddr) {
     let mut args = vec!["--http-listen", "127.0.0.1:0", "--fsync", "never"];
     args.extend_from_slice(extra);
     let c = Collector::start(&args);
-    let addr = c.ready()["http"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ready file names no http address\n{}", c.report()));
+    let addr = c.http_addr();
     (c, addr)
 }
 
@@ -45,6 +42,31 @@ pub fn sdk(addr: SocketAddr) -> Client {
         .retry_config(RetryConfig::disabled())
         .build();
     Client::from_conf(conf)
+}
+
+/// Puts `records` into `stream` with PutRecords (500 at a time), each
+/// record its own partition key; panics unless every entry succeeded.
+pub async fn put_all(client: &Client, stream: &str, records: &[String]) {
+    for chunk in records.chunks(500) {
+        let entries = chunk
+            .iter()
+            .map(|r| {
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(r)
+                    .data(aws_sdk_kinesis::primitives::Blob::new(r.as_bytes()))
+                    .build()
+                    .expect("entry")
+            })
+            .collect();
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("put records");
+        assert_eq!(out.failed_record_count, Some(0), "{out:?}");
+    }
 }
 
 /// The error name (`__type`) of a failed SDK call.
