@@ -2,8 +2,9 @@
 //! configuration and those created through the Firehose API, one task each.
 //!
 //! API-created delivery streams are kept in `<data-dir>/firehose-state/
-//! delivery-streams.json` (written to a temp file, fsync'd, renamed), so they
-//! are started again after a restart. Checkpoints live beside it
+//! delivery-streams.json` (written to a temp file, fsync'd, renamed; mode
+//! `0600`, as it can hold S3 and HTTP endpoint keys), so they are started
+//! again after a restart. Checkpoints live beside it
 //! (`<name>.checkpoint`), never inside a destination directory.
 //!
 //! A delivery stream of direct puts reads the internal Weir stream
@@ -313,22 +314,17 @@ impl Manager {
             map.values().filter(|r| !r.from_config).map(|r| &r.spec).collect();
         let dir = self.state_dir();
         let path = dir.join(STREAMS_FILE);
-        let tmp = dir.join(format!("{STREAMS_FILE}.tmp"));
         let io = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| ManagerError::Invalid(FirehoseError::Io { op, path, source })
         };
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        let bytes = serde_json::to_vec_pretty(&specs).unwrap_or_default();
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-            f.write_all(&bytes).map_err(io("writing", &tmp))?;
-            f.sync_all().map_err(io("syncing", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("syncing", &dir))?;
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(&specs).map_err(|e| {
+            io("encoding", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        // It can hold S3 secret keys and HTTP endpoint access keys.
+        crate::store::durable::replace_private_file(&dir, &path, &bytes)
+            .map_err(io("replacing", &path))
     }
 
     async fn launch(&self, spec: DeliverySpec, from_config: bool) -> Result<Running, ManagerError> {

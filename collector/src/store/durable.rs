@@ -1,5 +1,6 @@
-//! Durable file operations shared by the store's metadata files: replacing a
-//! whole file atomically, and making directory changes durable.
+//! Durable file operations shared by the store's metadata files (and the
+//! firehose's state): replacing a whole file atomically, optionally readable
+//! by its owner only, and making directory changes durable.
 //!
 //! A replaced file is written to `<name>.tmp`, fsync'd, renamed over the old
 //! one, and the directory fsync'd: after a crash either the old or the new
@@ -14,9 +15,35 @@ use std::path::Path;
 /// # Errors
 /// Any I/O failure; the previous content is then still in place.
 pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with_mode(dir, path, bytes, 0o666)
+}
+
+/// [`replace_file`] for a file that may hold secrets: created readable and
+/// writable by its owner only (mode `0600`).
+///
+/// # Errors
+/// Any I/O failure; the previous content is then still in place.
+pub fn replace_private_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with_mode(dir, path, bytes, 0o600)
+}
+
+/// Writes `<path>.tmp` created with `mode` (before the umask), fsyncs it,
+/// renames it over `path` and fsyncs `dir`.
+fn replace_with_mode(dir: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let mut f = File::create(&tmp)?;
+    // A leftover temp file would keep its old mode: start from a new one.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -30,4 +57,23 @@ pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// The directory cannot be opened or synced.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn replaced_files_keep_only_the_new_content_and_private_ones_are_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        replace_file(dir.path(), &path, b"old").expect("replace");
+        replace_private_file(dir.path(), &path, b"new secret").expect("replace private");
+        assert_eq!(std::fs::read(&path).expect("read"), b"new secret");
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
 }
