@@ -11,6 +11,11 @@ use crate::store::StoredRecord;
 
 /// zstd level of objects (zstd's default).
 pub const ZSTD_LEVEL: i32 = 3;
+/// Bodies at least this large are zstd-compressed by several threads (one
+/// frame all the same); smaller ones are not worth starting them.
+pub const ZSTD_PARALLEL_MIN_BYTES: usize = 4 * 1024 * 1024;
+/// Most zstd worker threads for one body.
+pub const ZSTD_MAX_WORKERS: usize = 4;
 
 /// Bytes a record takes in an object before compression (for Parquet: its
 /// JSON's size).
@@ -65,7 +70,66 @@ pub fn encode(
             enc.finish().map_err(FirehoseError::Compress)
         }
         Compression::Zstd => {
-            zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(FirehoseError::Compress)
+            let mut zstd =
+                zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(FirehoseError::Compress)?;
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let workers = workers.min(ZSTD_MAX_WORKERS);
+            if raw.len() >= ZSTD_PARALLEL_MIN_BYTES && workers > 1 {
+                // One frame still: zstd splits it into jobs for its workers.
+                let workers = zstd::zstd_safe::CParameter::NbWorkers(workers as u32);
+                zstd.set_parameter(workers).map_err(FirehoseError::Compress)?;
+            }
+            zstd.compress(&raw).map_err(FirehoseError::Compress)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::SequenceNumber;
+
+    fn records(count: usize, len: usize) -> Vec<StoredRecord> {
+        (0..count)
+            .map(|i| {
+                // Compressible, but not one repeated byte.
+                let data: Vec<u8> =
+                    (0..len).map(|j| b'a' + ((i * 7 + j / 13) % 26) as u8).collect();
+                StoredRecord {
+                    sequence: SequenceNumber::new(0, i as u64),
+                    arrival_ms: 0,
+                    partition_key: "k".into(),
+                    data: Bytes::from(data),
+                    explicit_hash_key: None,
+                    producer_timestamp_ms: None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_compression_gives_back_the_records_also_above_the_parallel_zstd_size() {
+        for (count, len) in [(3, 10), (9_000, 1_024)] {
+            let recs = records(count, len);
+            let mut raw = Vec::new();
+            for r in &recs {
+                raw.extend_from_slice(&r.data);
+                raw.push(b'\n');
+            }
+            assert_eq!(count * len >= ZSTD_PARALLEL_MIN_BYTES, count > 3);
+            let format = RecordFormat::NewlineDelimited;
+            let none = encode(&recs, &format, Compression::None).expect("none");
+            assert_eq!(none, raw);
+            let gz = encode(&recs, &format, Compression::Gzip).expect("gzip");
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back)
+                .expect("gunzip");
+            assert_eq!(back, raw);
+            let zst = encode(&recs, &format, Compression::Zstd).expect("zstd");
+            assert_eq!(zstd::decode_all(&zst[..]).expect("unzstd"), raw);
+            assert!(zst.len() < raw.len());
         }
     }
 }
