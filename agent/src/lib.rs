@@ -182,6 +182,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     index,
                     name: input.name.clone(),
                     device_id: config.device_id.clone(),
+                    key: input.key.clone(),
                     config: sc.clone(),
                     checkpoints: table.for_input(&input.name),
                     spool: spool.clone(),

@@ -1,10 +1,10 @@
 //! Partition key templates: `{device_id}`, `{device_id}/{file}`,
-//! `{device_id}/{metric}`.
+//! `{device_id}/{metric}`, `{key}` (a serial node's own key).
 //!
 //! A template is parsed once, at configuration time, into literal text and
 //! placeholders; expanding it is a few string pushes. Which placeholders an
 //! input may use depends on its kind (`{file}` only for files, `{metric}` only
-//! for metrics), so a template that can never expand is refused with the key
+//! for metrics, `{node}` and `{key}` only for serial inputs), so a template that can never expand is refused with the key
 //! that holds it. An expanded key is cut to the wire's 256-character limit and
 //! is never empty (the template is not).
 
@@ -18,6 +18,8 @@ enum Part {
     Input,
     File,
     Metric,
+    Node,
+    Key,
 }
 
 /// Which placeholders a template may use.
@@ -27,6 +29,9 @@ pub enum Placeholders {
     File,
     /// `{device_id}`, `{input}`, `{metric}`.
     Metrics,
+    /// `{device_id}`, `{input}`, `{node}` (the node's producer id), `{key}`
+    /// (the record's own key, set by the node).
+    Serial,
 }
 
 /// A parsed partition key template.
@@ -46,6 +51,10 @@ pub struct KeyContext<'a> {
     pub file: &'a str,
     /// The metric's name (metrics inputs).
     pub metric: &'a str,
+    /// The node's producer id (serial inputs).
+    pub node: &'a str,
+    /// The record's own partition key (serial inputs).
+    pub key: &'a str,
 }
 
 impl KeyTemplate {
@@ -80,7 +89,9 @@ impl KeyTemplate {
                         ("input", _) => Part::Input,
                         ("file", Placeholders::File) => Part::File,
                         ("metric", Placeholders::Metrics) => Part::Metric,
-                        ("file" | "metric", _) => {
+                        ("node", Placeholders::Serial) => Part::Node,
+                        ("key", Placeholders::Serial) => Part::Key,
+                        ("file" | "metric" | "node" | "key", _) => {
                             return Err(format!(
                                 "{text:?}: `{{{name}}}` is not available for this kind of input"
                             ));
@@ -91,6 +102,7 @@ impl KeyTemplate {
                                 match allowed {
                                     Placeholders::File => "{file}",
                                     Placeholders::Metrics => "{metric}",
+                                    Placeholders::Serial => "{node}, {key}",
                                 }
                             ));
                         }
@@ -103,10 +115,10 @@ impl KeyTemplate {
         Ok(Self { parts })
     }
 
-    /// Whether the expansion depends on the file or metric (else it can be
-    /// computed once per input).
+    /// Whether the expansion depends on the file, metric, node or record
+    /// (else it can be computed once per input).
     pub fn varies(&self) -> bool {
-        self.parts.iter().any(|p| matches!(p, Part::File | Part::Metric))
+        self.parts.iter().any(|p| matches!(p, Part::File | Part::Metric | Part::Node | Part::Key))
     }
 
     /// The key for `ctx`: 1 to 256 characters.
@@ -119,6 +131,8 @@ impl KeyTemplate {
                 Part::Input => ctx.input,
                 Part::File => ctx.file,
                 Part::Metric => ctx.metric,
+                Part::Node => ctx.node,
+                Part::Key => ctx.key,
             });
         }
         if key.len() > MAX_PARTITION_KEY_CHARS
@@ -139,7 +153,14 @@ mod tests {
     use super::*;
 
     fn ctx() -> KeyContext<'static> {
-        KeyContext { device_id: "gw-1", input: "app", file: "/var/log/a.log", metric: "cpu.usage" }
+        KeyContext {
+            device_id: "gw-1",
+            input: "app",
+            file: "/var/log/a.log",
+            metric: "cpu.usage",
+            node: "n@1",
+            key: "k",
+        }
     }
 
     #[test]
@@ -152,6 +173,19 @@ mod tests {
         assert!(!t.varies());
         let t = KeyTemplate::parse("{input}-{metric}", Placeholders::Metrics).expect("parse");
         assert_eq!(t.expand(&ctx()), "app-cpu.usage");
+    }
+
+    #[test]
+    fn serial_templates_take_the_node_and_the_record_key() {
+        let t = KeyTemplate::parse("{device_id}/{node}/{key}-{input}", Placeholders::Serial)
+            .expect("parse");
+        assert_eq!(t.expand(&ctx()), "gw-1/n@1/k-app");
+        let e = KeyTemplate::parse("{file}", Placeholders::Serial).expect_err("file for serial");
+        assert!(e.contains("not available"), "{e}");
+        let e = KeyTemplate::parse("{key}", Placeholders::File).expect_err("key for files");
+        assert!(e.contains("not available"), "{e}");
+        let e = KeyTemplate::parse("{host}", Placeholders::Serial).expect_err("unknown");
+        assert!(e.contains("{node}, {key}"), "{e}");
     }
 
     #[test]

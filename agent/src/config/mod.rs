@@ -65,7 +65,7 @@
 //! # socket = "/tmp/weir-uart0.sock"   # or a Unix socket to connect to (QEMU); not both
 //! max_frame_bytes = 4096              # larger frame payloads are counted and skipped
 //! stream = "sensors"
-//! # partition_key = "{node}"          # default: each record's own key (the node's);
+//! # partition_key = "{node}"          # default "{key}": each record's own key (the node's);
 //! #                                   # {device_id}, {input}, {node} (producer id), {key}
 //! ```
 //!

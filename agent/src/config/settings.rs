@@ -195,6 +195,4 @@ pub struct SerialInput {
     pub source: SerialSource,
     /// Largest frame payload accepted; larger frames are counted and skipped.
     pub max_frame_bytes: usize,
-    /// Partition key template; `None` keeps each record's own key (the node's).
-    pub key: Option<crate::input::serial::SerialKey>,
 }

@@ -405,9 +405,7 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
     let (own, placeholders): (&[&str], _) = match kind {
         "file" => (FILE_KEYS, Placeholders::File),
         "metrics" => (METRICS_KEYS, Placeholders::Metrics),
-        // Serial keys have their own template (see `SerialKey`); the
-        // input's `KeyTemplate` is unused for them.
-        "serial" => (SERIAL_KEYS, Placeholders::Metrics),
+        "serial" => (SERIAL_KEYS, Placeholders::Serial),
         other => {
             return Err((
                 key("kind"),
@@ -438,10 +436,12 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
     let default_key = match placeholders {
         Placeholders::File => "{device_id}/{file}",
         Placeholders::Metrics => "{device_id}",
+        // Each record keeps the key its node gave it.
+        Placeholders::Serial => "{key}",
     };
-    let written_key = if kind == "serial" { None } else { s.partition_key.as_deref() };
-    let template = KeyTemplate::parse(written_key.unwrap_or(default_key), placeholders)
-        .map_err(|m| (key("partition_key"), m))?;
+    let template =
+        KeyTemplate::parse(s.partition_key.as_deref().unwrap_or(default_key), placeholders)
+            .map_err(|m| (key("partition_key"), m))?;
     let (name, kind) = match kind {
         "file" => {
             let paths = s.paths.clone().unwrap_or_default();
@@ -551,22 +551,8 @@ fn check_input(i: usize, s: &InputSection) -> Result<Input, (String, String)> {
                 s.max_frame_bytes.unwrap_or(MAX_FRAME_PAYLOAD as u64),
                 16..=MAX_FRAME_PAYLOAD as u64,
             )?;
-            let serial_key = match &s.partition_key {
-                None => None,
-                Some(t) => Some(
-                    crate::input::serial::SerialKey::parse(t)
-                        .map_err(|m| (key("partition_key"), m))?,
-                ),
-            };
             let name = s.name.clone().unwrap_or_else(|| source.path().display().to_string());
-            (
-                name,
-                InputKind::Serial(SerialInput {
-                    source,
-                    max_frame_bytes: max_frame as usize,
-                    key: serial_key,
-                }),
-            )
+            (name, InputKind::Serial(SerialInput { source, max_frame_bytes: max_frame as usize }))
         }
         _ => {
             let interval =
@@ -733,13 +719,16 @@ stream = "metrics"
             SerialSource::Device { path: "/dev/ttyUSB0".into(), baud: DEFAULT_BAUD }
         );
         assert_eq!(s.max_frame_bytes, MAX_FRAME_PAYLOAD);
-        assert!(s.key.is_none());
+        // Each record keeps its node's key by default.
+        let own_key = KeyTemplate::parse("{key}", Placeholders::Serial).expect("template");
+        assert_eq!(c.inputs[1].key, own_key);
         assert_eq!(c.inputs[1].name, "/dev/ttyUSB0");
         let c = parse(&serial("socket = \"/run/uart.sock\"\npartition_key = \"{node}/{key}\""))
             .expect("valid");
         let InputKind::Serial(s) = &c.inputs[1].kind else { panic!("serial input") };
         assert_eq!(s.source, SerialSource::Socket { path: "/run/uart.sock".into() });
-        assert!(s.key.is_some());
+        let written = KeyTemplate::parse("{node}/{key}", Placeholders::Serial).expect("template");
+        assert_eq!(c.inputs[1].key, written);
         assert_eq!(bad_key(&serial("path = \"/d\"\nsocket = \"/s\"")), "inputs[1].socket");
         assert_eq!(bad_key(&serial("socket = \"/s\"\nbaud = 9600")), "inputs[1].baud");
         assert_eq!(bad_key(&serial("path = \"/d\"\nbaud = 1")), "inputs[1].baud");

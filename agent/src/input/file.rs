@@ -247,6 +247,8 @@ impl Worker {
                     input: &self.name,
                     file: &file,
                     metric: "",
+                    node: "",
+                    key: "",
                 });
                 self.keys.insert(path.clone(), key);
             }

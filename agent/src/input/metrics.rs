@@ -221,6 +221,8 @@ pub fn chunk(task: &MetricsTask, samples: &[Sample]) -> Chunk {
             input: &task.name,
             file: "",
             metric: &metric,
+            node: "",
+            key: "",
         });
         chunk.push(&key, &data, Some(s.timestamp_ms), None);
     }

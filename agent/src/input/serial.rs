@@ -27,9 +27,10 @@
 //! treated as an opaque string; batch sequence number) or a lone record
 //! (counted under the empty producer id). Each record keeps its partition
 //! key (the node's), data and producer timestamp, unless `partition_key` is
-//! configured: then [`SerialKey`] builds the key from `{device_id}` (the
-//! agent's device id), `{input}` (this input's name), `{node}` (the node's
-//! producer id) and `{key}` (the record's own key). The records go to the
+//! configured: its template (see [`crate::template`]) builds the key from
+//! `{device_id}` (the agent's device id), `{input}` (this input's name),
+//! `{node}` (the node's producer id) and `{key}` (the record's own key, the
+//! default template). The records go to the
 //! batcher like any input's, into the input's stream.
 //!
 //! # Order, acknowledgements and duplicates
@@ -96,6 +97,7 @@ use crate::event::{Chunk, ChunkFile, Event};
 use crate::spool::Spool;
 use crate::stats::{Shared, lock};
 use crate::tail::{Checkpoint, FileId};
+use crate::template::{KeyContext, KeyTemplate};
 
 /// A read returns after this long without bytes, so acks, stop requests and
 /// status updates are never held up by a quiet line.
@@ -120,80 +122,6 @@ const MAX_PENDING: usize = 4096;
 const READ_BUF: usize = 4096;
 /// Bytes of an ack frame on the line, with the leading `0x00`.
 const ACK_BYTES: usize = max_encoded_frame_len(0) + 1;
-
-/// A partition key template of a serial input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialKey {
-    parts: Vec<KeyPart>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyPart {
-    Literal(String),
-    DeviceId,
-    Input,
-    Node,
-    Key,
-}
-
-impl SerialKey {
-    /// Parses a template of `{device_id}`, `{input}`, `{node}` and `{key}`.
-    ///
-    /// # Errors
-    /// A message for an empty template or an unknown or unclosed placeholder.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if text.is_empty() {
-            return Err("is empty; a partition key needs 1 to 256 characters".into());
-        }
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(KeyPart::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close =
-                after.find('}').ok_or_else(|| format!("{text:?}: `{{` without a closing `}}`"))?;
-            parts.push(match &after[..close] {
-                "device_id" => KeyPart::DeviceId,
-                "input" => KeyPart::Input,
-                "node" => KeyPart::Node,
-                "key" => KeyPart::Key,
-                other => {
-                    return Err(format!(
-                        "{text:?}: unknown placeholder `{{{other}}}` (known: {{device_id}}, {{input}}, {{node}}, {{key}})"
-                    ));
-                }
-            });
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(KeyPart::Literal(rest.to_owned()));
-        }
-        Ok(Self { parts })
-    }
-
-    /// The key of a record: 1 to 256 characters.
-    pub fn expand(&self, device_id: &str, input: &str, node: &str, key: &str) -> String {
-        let mut out = String::new();
-        for p in &self.parts {
-            out.push_str(match p {
-                KeyPart::Literal(s) => s,
-                KeyPart::DeviceId => device_id,
-                KeyPart::Input => input,
-                KeyPart::Node => node,
-                KeyPart::Key => key,
-            });
-        }
-        if let Some((cut, _)) = out.char_indices().nth(weir_wire::MAX_PARTITION_KEY_CHARS) {
-            out.truncate(cut);
-        }
-        if out.is_empty() {
-            out.push('-');
-        }
-        out
-    }
-}
 
 /// A node as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +174,8 @@ pub struct SerialTask {
     pub name: String,
     /// The device id (for keys).
     pub device_id: String,
+    /// The partition key template (`{key}` by default: the node's own key).
+    pub key: KeyTemplate,
     /// Settings.
     pub config: SerialInput,
     /// The input's checkpoints from the spool (one per node).
@@ -794,9 +724,15 @@ impl Reader {
             return Ok(());
         };
         let mut chunk = Chunk::new(self.task.index);
-        let key_of = |k: &str| match &self.task.config.key {
-            None => k.to_owned(),
-            Some(t) => t.expand(&self.task.device_id, &self.task.name, producer, k),
+        let key_of = |k: &str| {
+            self.task.key.expand(&KeyContext {
+                device_id: &self.task.device_id,
+                input: &self.task.name,
+                file: "",
+                metric: "",
+                node: producer,
+                key: k,
+            })
         };
         let mut push = |r: &weir_wire::Record<'_>| {
             chunk.push(
@@ -930,19 +866,6 @@ struct Stopped;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_templates() {
-        let t = SerialKey::parse("{device_id}/{node}/{key}-{input}").expect("parse");
-        assert_eq!(t.expand("gw", "in", "n@1", "k"), "gw/n@1/k-in");
-        assert!(SerialKey::parse("").is_err());
-        assert!(SerialKey::parse("{node").is_err());
-        let e = SerialKey::parse("{file}").expect_err("unknown");
-        assert!(e.contains("unknown placeholder `{file}`"), "{e}");
-        let t = SerialKey::parse("{key}").expect("parse");
-        assert_eq!(t.expand("gw", "in", "n", ""), "-");
-        assert_eq!(t.expand("gw", "in", "n", &"é".repeat(300)).chars().count(), 256);
-    }
 
     #[test]
     fn frames_in_order_gaps_retransmits_restarts_and_acks() {
