@@ -141,7 +141,7 @@ pub struct DeliveryConfig {
     pub retry_duration_secs: u32,
     /// Dynamic partitioning: `!{partitionKeyFromQuery:<name>}` of the prefix
     /// is the value at `query` of the record's JSON, by name (see
-    /// [`PartitionQuery`](super::partition::PartitionQuery)).
+    /// [`JsonQuery`](super::query::JsonQuery)).
     pub partition_keys: Vec<(String, String)>,
 }
 

@@ -39,7 +39,7 @@ pub fn encode(
 ) -> Result<Vec<u8>, FirehoseError> {
     let raw = match format {
         RecordFormat::Parquet(parquet) => {
-            let converted = super::parquet::convert(parquet.schema(), records)?;
+            let converted = parquet.convert(records)?;
             if let Some(first) = converted.rejected.into_iter().next() {
                 return Err(first.error.into());
             }

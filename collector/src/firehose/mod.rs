@@ -15,6 +15,8 @@
 //!   destination (Firehose's HTTP delivery contract, `reqwest`).
 //! - `partition`: dynamic partitioning, `!{partitionKeyFromQuery:<name>}`
 //!   from a JSON pointer or dotted path into each record.
+//! - `query`: [`JsonQuery`](query::JsonQuery), a JSON pointer or dotted path
+//!   into a record, parsed once (partition keys and Parquet columns).
 //! - `delivery`: [`DeliveryStream`], the checkpointed consumer per shard that
 //!   follows resharding and flushes by size or interval; retries with backoff
 //!   for the retry duration, then the error output; the metrics.
@@ -35,6 +37,7 @@ pub mod manager;
 pub mod parquet;
 pub mod partition;
 pub mod prefix;
+pub mod query;
 pub mod s3;
 
 pub use checkpoint::{Checkpoint, PendingBatch, ShardCheckpoint};

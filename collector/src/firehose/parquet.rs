@@ -46,6 +46,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::query::JsonQuery;
+
 use crate::store::{SequenceNumber, StoredRecord};
 
 /// Most columns in a schema.
@@ -124,15 +126,14 @@ impl ParquetColumn {
         Self { name: name.into(), kind, path: None, nullable: true }
     }
 
-    /// The value of this column in `record` (`None`: missing).
-    fn lookup<'v>(&self, record: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+    /// Where this column's value lives in a record.
+    ///
+    /// # Errors
+    /// Why `path` is not a query.
+    pub fn query(&self) -> Result<JsonQuery, String> {
         match self.path.as_deref() {
-            None => record.get(&self.name),
-            Some(p) if p.starts_with('/') => record.pointer(p),
-            Some(p) => p.split('.').try_fold(record, |v, part| match v {
-                serde_json::Value::Array(items) => items.get(part.parse::<usize>().ok()?),
-                _ => v.get(part),
-            }),
+            None => Ok(JsonQuery::field(&self.name)),
+            Some(p) => JsonQuery::parse(p),
         }
     }
 }
@@ -185,15 +186,21 @@ impl ParquetSchema {
             if !names.insert(c.name.as_str()) {
                 return err(format!("columns[{i}].name"), format!("{:?} appears twice", c.name));
             }
-            if let Some(p) = &c.path {
-                let dotted_ok = !p.starts_with('/') && p.split('.').all(|s| !s.is_empty());
-                if !(p.starts_with('/') || dotted_ok) {
-                    let m = format!("{p:?} is neither a JSON pointer (/a/b) nor a path (a.b)");
-                    return err(format!("columns[{i}].path"), m);
-                }
+            if let (Some(p), Err(reason)) = (&c.path, c.query()) {
+                let m = format!("{p:?}: {reason}; use a JSON pointer (/a/b) or a path (a.b)");
+                return err(format!("columns[{i}].path"), m);
             }
         }
         Ok(())
+    }
+
+    /// Each column's query, in column order.
+    ///
+    /// # Errors
+    /// An invalid schema, naming its key.
+    fn queries(&self) -> Result<Vec<JsonQuery>, SchemaError> {
+        self.validate()?;
+        Ok(self.columns.iter().filter_map(|c| c.query().ok()).collect())
     }
 
     /// Validates the schema and returns the handle a
@@ -202,20 +209,35 @@ impl ParquetSchema {
     /// # Errors
     /// An invalid schema.
     pub fn into_format(self) -> Result<ParquetFormat, SchemaError> {
-        self.validate()?;
-        Ok(ParquetFormat(Arc::new(self)))
+        let queries = self.queries()?;
+        Ok(ParquetFormat(Arc::new(Compiled { schema: self, queries })))
     }
 }
 
-/// A cheaply cloned, shared handle to a validated [`ParquetSchema`]; made by
-/// [`ParquetSchema::into_format`].
+/// A cheaply cloned, shared handle to a validated [`ParquetSchema`] and its
+/// columns' parsed queries; made by [`ParquetSchema::into_format`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParquetFormat(Arc<ParquetSchema>);
+pub struct ParquetFormat(Arc<Compiled>);
+
+/// A schema with its columns' queries, parsed once.
+#[derive(Debug, PartialEq, Eq)]
+struct Compiled {
+    schema: ParquetSchema,
+    queries: Vec<JsonQuery>,
+}
 
 impl ParquetFormat {
     /// The schema.
     pub fn schema(&self) -> &ParquetSchema {
-        &self.0
+        &self.0.schema
+    }
+
+    /// [`convert`] with the queries parsed already.
+    ///
+    /// # Errors
+    /// As [`convert`].
+    pub fn convert(&self, records: &[StoredRecord]) -> Result<Converted, ConvertError> {
+        convert_with(&self.0.schema, &self.0.queries, records)
     }
 
     /// Whether `record` converts: a delivery can send the records that do
@@ -225,7 +247,7 @@ impl ParquetFormat {
     /// # Errors
     /// Why the record would be rejected.
     pub fn check(&self, record: &StoredRecord) -> Result<(), ConvertError> {
-        row(&self.0, record).map(drop)
+        row(&self.0.schema, &self.0.queries, record).map(drop)
     }
 }
 
@@ -253,6 +275,9 @@ pub enum ConvertError {
     /// The Parquet writer failed.
     #[error("writing Parquet: {0}")]
     Write(String),
+    /// The schema is invalid.
+    #[error("invalid Parquet schema: {0}")]
+    Schema(#[from] SchemaError),
     /// This collector was built without the `parquet` feature.
     #[error("Parquet output needs the collector built with the `parquet` feature")]
     NotBuilt,
@@ -298,13 +323,14 @@ enum Cell {
 
 fn cell(
     column: &ParquetColumn,
+    query: &JsonQuery,
     record: &serde_json::Value,
     sequence: SequenceNumber,
 ) -> Result<Cell, ConvertError> {
     use serde_json::Value;
     let fail =
         |reason: String| ConvertError::Field { sequence, column: column.name.clone(), reason };
-    let value = match column.lookup(record) {
+    let value = match query.get(record) {
         None | Some(Value::Null) if column.nullable => return Ok(Cell::Null),
         None => return Err(fail("missing, and the column is not nullable".into())),
         Some(Value::Null) => return Err(fail("null, and the column is not nullable".into())),
@@ -333,24 +359,37 @@ fn cell(
 }
 
 /// The cells of one record, or why it is rejected.
-fn row(schema: &ParquetSchema, record: &StoredRecord) -> Result<Vec<Cell>, ConvertError> {
+fn row(
+    schema: &ParquetSchema,
+    queries: &[JsonQuery],
+    record: &StoredRecord,
+) -> Result<Vec<Cell>, ConvertError> {
     let sequence = record.sequence;
     let value: serde_json::Value = serde_json::from_slice(&record.data)
         .map_err(|e| ConvertError::NotAnObject { sequence, reason: e.to_string() })?;
     if !value.is_object() {
         return Err(ConvertError::NotAnObject { sequence, reason: "not an object".into() });
     }
-    schema.columns.iter().map(|c| cell(c, &value, sequence)).collect()
+    schema.columns.iter().zip(queries).map(|(c, q)| cell(c, q, &value, sequence)).collect()
 }
 
 /// Converts a batch: the accepted records as one Parquet file with one row
 /// group, and the rejected ones.
 ///
 /// # Errors
-/// [`ConvertError::Write`] if the writer fails, [`ConvertError::NotBuilt`]
-/// without the `parquet` feature. Rejected records are not errors.
+/// [`ConvertError::Schema`] for an invalid schema, [`ConvertError::Write`]
+/// if the writer fails, [`ConvertError::NotBuilt`] without the `parquet`
+/// feature. Rejected records are not errors.
 pub fn convert(
     schema: &ParquetSchema,
+    records: &[StoredRecord],
+) -> Result<Converted, ConvertError> {
+    convert_with(schema, &schema.queries()?, records)
+}
+
+fn convert_with(
+    schema: &ParquetSchema,
+    queries: &[JsonQuery],
     records: &[StoredRecord],
 ) -> Result<Converted, ConvertError> {
     let mut columns: Vec<(Values, Vec<i16>)> = schema
@@ -371,7 +410,7 @@ pub fn convert(
         .collect();
     let mut out = Converted::default();
     for (index, record) in records.iter().enumerate() {
-        let cells = match row(schema, record) {
+        let cells = match row(schema, queries, record) {
             Ok(cells) => cells,
             Err(error) => {
                 out.rejected.push(Rejected { index, error });
@@ -501,10 +540,10 @@ mod tests {
             serde_json::from_str(r#"{"a":{"b":[1,{"c":"x"}]},"a.b":2}"#).expect("json");
         let mut c = ParquetColumn::new("c", ColumnType::String);
         c.path = Some("/a/b/1/c".into());
-        assert_eq!(c.lookup(&v), Some(&serde_json::json!("x")));
+        assert_eq!(c.query().expect("query").get(&v), Some(&serde_json::json!("x")));
         c.path = Some("a.b.1.c".into());
-        assert_eq!(c.lookup(&v), Some(&serde_json::json!("x")));
+        assert_eq!(c.query().expect("query").get(&v), Some(&serde_json::json!("x")));
         let top = ParquetColumn::new("a.b", ColumnType::Int64);
-        assert_eq!(top.lookup(&v), Some(&serde_json::json!(2)));
+        assert_eq!(top.query().expect("query").get(&v), Some(&serde_json::json!(2)));
     }
 }

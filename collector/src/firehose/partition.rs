@@ -1,12 +1,9 @@
 //! Dynamic partitioning: object prefixes from fields of the records.
 //!
-//! A delivery stream may define partition keys, each a name and a query into
-//! the record's data parsed as JSON (a simpler cousin of Firehose's jq
-//! MetadataExtraction):
-//!
-//! - a JSON pointer (RFC 6901), starting with `/`: `/device/id`, `/tags/0`;
-//! - or a dotted path, optionally starting with `.` as in jq: `device.id`,
-//!   `.device.id` (array elements by number: `tags.0`).
+//! A delivery stream may define partition keys, each a name and a
+//! [`JsonQuery`] into the record's data parsed as JSON (a simpler cousin of
+//! Firehose's jq MetadataExtraction): a JSON pointer (`/device/id`) or a
+//! dotted path (`device.id`, `.device.id`, `tags.0`).
 //!
 //! The prefix uses them as `!{partitionKeyFromQuery:<name>}`; every key
 //! defined must be used, and every key used must be defined. A value that is
@@ -25,6 +22,7 @@ use std::collections::BTreeMap;
 use super::config::MAX_PARTITION_KEYS;
 use super::error::FirehoseError;
 use super::prefix::PrefixTemplate;
+use super::query::JsonQuery;
 
 /// Error code of records whose partition keys could not be extracted.
 pub const EXTRACTION_FAILED: &str = "DynamicPartitioning.MetadataExtractionFailed";
@@ -33,46 +31,10 @@ pub const PARTITIONING_FAILED: &str = "partitioning-failed";
 /// Longest partition key value, characters.
 pub const MAX_VALUE_CHARS: usize = 512;
 
-/// A query into a record's JSON: a JSON pointer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionQuery {
-    pointer: String,
-}
-
-impl PartitionQuery {
-    /// Parses a JSON pointer (`/a/b`) or a dotted path (`a.b`, `.a.b`).
-    ///
-    /// # Errors
-    /// An empty query or an empty path segment.
-    pub fn parse(query: &str) -> Result<Self, String> {
-        if query.starts_with('/') {
-            return Ok(Self { pointer: query.to_owned() });
-        }
-        let path = query.strip_prefix('.').unwrap_or(query);
-        if path.is_empty() {
-            return Err("empty query".into());
-        }
-        let mut pointer = String::new();
-        for segment in path.split('.') {
-            if segment.is_empty() {
-                return Err(format!("empty segment in {query:?}"));
-            }
-            pointer.push('/');
-            pointer.push_str(&segment.replace('~', "~0").replace('/', "~1"));
-        }
-        Ok(Self { pointer })
-    }
-
-    /// The JSON pointer.
-    pub fn pointer(&self) -> &str {
-        &self.pointer
-    }
-}
-
 /// The partition keys of a delivery stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Partitioner {
-    keys: Vec<(String, PartitionQuery)>,
+    keys: Vec<(String, JsonQuery)>,
 }
 
 impl Partitioner {
@@ -88,7 +50,7 @@ impl Partitioner {
         if keys.len() > MAX_PARTITION_KEYS {
             return Err(bad("", format!("more than {MAX_PARTITION_KEYS} keys")));
         }
-        let mut out: Vec<(String, PartitionQuery)> = Vec::with_capacity(keys.len());
+        let mut out: Vec<(String, JsonQuery)> = Vec::with_capacity(keys.len());
         for (name, query) in keys {
             let name_ok = !name.is_empty()
                 && name.len() <= 64
@@ -99,7 +61,7 @@ impl Partitioner {
             if out.iter().any(|(n, _)| n == name) {
                 return Err(bad(name, "defined twice".into()));
             }
-            out.push((name.clone(), PartitionQuery::parse(query).map_err(|r| bad(name, r))?));
+            out.push((name.clone(), JsonQuery::parse(query).map_err(|r| bad(name, r))?));
         }
         Ok(Self { keys: out })
     }
@@ -151,7 +113,7 @@ impl Partitioner {
         let json: serde_json::Value =
             serde_json::from_slice(data).map_err(|e| format!("record is not JSON: {e}"))?;
         for (name, query) in &self.keys {
-            let value = match json.pointer(query.pointer()) {
+            let value = match query.get(&json) {
                 None => return Err(format!("no value at {} for key {name:?}", query.pointer())),
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
@@ -184,15 +146,6 @@ impl Partitioner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queries() {
-        assert_eq!(PartitionQuery::parse("/a/b").map(|q| q.pointer).as_deref(), Ok("/a/b"));
-        assert_eq!(PartitionQuery::parse("a.b").map(|q| q.pointer).as_deref(), Ok("/a/b"));
-        assert_eq!(PartitionQuery::parse(".a.0").map(|q| q.pointer).as_deref(), Ok("/a/0"));
-        assert!(PartitionQuery::parse("a..b").is_err());
-        assert!(PartitionQuery::parse(".").is_err());
-    }
 
     #[test]
     fn extracts() {
