@@ -59,6 +59,15 @@ pub fn encode(
             raw
         }
     };
+    compress(raw, compression)
+}
+
+/// `raw` compressed as configured (gzip: one member; zstd: one frame, on
+/// several threads for bodies of [`ZSTD_PARALLEL_MIN_BYTES`] and more).
+///
+/// # Errors
+/// [`FirehoseError::Compress`] if the compressor fails.
+pub fn compress(raw: Vec<u8>, compression: Compression) -> Result<Vec<u8>, FirehoseError> {
     match compression {
         Compression::None => Ok(raw),
         Compression::Gzip => {

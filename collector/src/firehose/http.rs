@@ -23,13 +23,14 @@
 //! and eventually writes the batch to its backup directory (error output type
 //! `http-endpoint-failed`).
 
-use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::config::Compression;
 use super::destination::{Batch, Destination};
+use super::encode::compress;
 use super::error::FirehoseError;
 
 /// Default request timeout, seconds.
@@ -109,6 +110,26 @@ struct ResponseBody {
     error_message: Option<String>,
 }
 
+/// The request body of a batch: Firehose's JSON, gzipped if asked.
+fn request_body(
+    request_id: &str,
+    records: &[bytes::Bytes],
+    gzip: bool,
+) -> Result<Vec<u8>, FirehoseError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let body = RequestBody {
+        request_id,
+        timestamp,
+        records: records.iter().map(|d| RecordBody { data: b64.encode(d) }).collect(),
+    };
+    let json = serde_json::to_vec(&body)
+        .map_err(|e| rejected("HttpEndpoint.RequestFailed", e.to_string()))?;
+    compress(json, if gzip { Compression::Gzip } else { Compression::None })
+}
+
 fn rejected(code: &str, message: impl Into<String>) -> FirehoseError {
     FirehoseError::Rejected { code: code.to_owned(), message: message.into() }
 }
@@ -136,17 +157,13 @@ impl Destination for HttpDestination {
     }
 
     async fn deliver(&self, batch: Batch) -> Result<(), FirehoseError> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let body = RequestBody {
-            request_id: &batch.request_id,
-            timestamp,
-            records: batch.records.iter().map(|d| RecordBody { data: b64.encode(d) }).collect(),
-        };
-        let json = serde_json::to_vec(&body)
-            .map_err(|e| rejected("HttpEndpoint.RequestFailed", e.to_string()))?;
+        // Base64, JSON and gzip of a whole batch are CPU work: off the
+        // runtime's threads.
+        let (request_id, records, gzip) =
+            (batch.request_id.clone(), batch.records, self.settings.gzip);
+        let body = tokio::task::spawn_blocking(move || request_body(&request_id, &records, gzip))
+            .await
+            .map_err(|_| FirehoseError::Cancelled)??;
         let mut request = self
             .client
             .post(&self.settings.url)
@@ -156,14 +173,10 @@ impl Destination for HttpDestination {
         if let Some(k) = &self.settings.access_key {
             request = request.header("X-Amz-Firehose-Access-Key", k);
         }
-        let request = if self.settings.gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            enc.write_all(&json).map_err(FirehoseError::Compress)?;
-            let gz = enc.finish().map_err(FirehoseError::Compress)?;
-            request.header("Content-Encoding", "gzip").body(gz)
-        } else {
-            request.body(json)
-        };
+        if gzip {
+            request = request.header("Content-Encoding", "gzip");
+        }
+        let request = request.body(body);
         let mut response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 rejected("HttpEndpoint.Timeout", format!("no response in time: {e}"))
