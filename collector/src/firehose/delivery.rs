@@ -791,27 +791,21 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
         {
             errors.push(o);
         }
-        if !split.failed.is_empty() {
+        // Records that cannot go to the destination at all, each list with
+        // its own error code and output type (write_errors skips empty ones).
+        let rejected = [
+            (&split.failed, EXTRACTION_FAILED, PARTITIONING_FAILED),
+            (&split.unconvertible, CONVERSION_FAILED_CODE, CONVERSION_FAILED),
+        ];
+        for (records, code, output_type) in rejected {
             let f = PendingFailure {
-                error_code: EXTRACTION_FAILED.to_owned(),
+                error_code: code.to_owned(),
                 error_message: String::new(),
                 attempts: 1,
                 ending_ms: self.clock.now_ms(),
-                error_output_type: PARTITIONING_FAILED.to_owned(),
+                error_output_type: output_type.to_owned(),
             };
-            if let Some(o) = self.write_errors(shard_id, &split.failed, &f).await? {
-                errors.push(o);
-            }
-        }
-        if !split.unconvertible.is_empty() {
-            let f = PendingFailure {
-                error_code: CONVERSION_FAILED_CODE.to_owned(),
-                error_message: String::new(),
-                attempts: 1,
-                ending_ms: self.clock.now_ms(),
-                error_output_type: CONVERSION_FAILED.to_owned(),
-            };
-            if let Some(o) = self.write_errors(shard_id, &split.unconvertible, &f).await? {
+            if let Some(o) = self.write_errors(shard_id, records, &f).await? {
                 errors.push(o);
             }
         }
