@@ -4,15 +4,21 @@
 //! [`RETRY_INITIAL_MS`] doubling up to [`RETRY_MAX_MS`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weir_wire::backoff::Backoff;
 
 /// Wait after a batch's first failed attempt, ms.
 pub const RETRY_INITIAL_MS: u64 = 100;
 /// Longest wait between attempts, ms.
 pub const RETRY_MAX_MS: u64 = 30_000;
 
-/// The wait after `attempts` failed attempts.
+/// The wait after `attempts` failed attempts ([`weir_wire::backoff`]'s
+/// ceiling, without jitter: one delivery stream retries alone).
 pub fn backoff_ms(attempts: u32) -> u64 {
-    RETRY_INITIAL_MS.saturating_mul(1u64 << attempts.saturating_sub(1).min(20)).min(RETRY_MAX_MS)
+    let backoff =
+        Backoff::new(Duration::from_millis(RETRY_INITIAL_MS), Duration::from_millis(RETRY_MAX_MS));
+    u64::try_from(backoff.ceiling(attempts).as_millis()).unwrap_or(RETRY_MAX_MS)
 }
 
 /// A shard's batch that failed: since when, how often, next attempt.
