@@ -1,9 +1,11 @@
 //! Reconnect delays: exponential backoff with jitter.
 //!
-//! The n-th consecutive failure waits a random time between half and all of
-//! `min × 2ⁿ⁻¹`, capped at `max`. Doubling keeps a dead collector from being
-//! hammered; the random half keeps a fleet of devices that lost the
-//! collector together from reconnecting in lockstep when it returns.
+//! The rule is [`weir_wire::backoff`]'s: the n-th consecutive failure waits
+//! a random time between half and all of `min × 2ⁿ⁻¹`, capped at `max`.
+//! Doubling keeps a dead collector from being hammered; the random half
+//! keeps a fleet of devices that lost the collector together from
+//! reconnecting in lockstep when it returns. This file only draws the
+//! random half.
 
 use std::time::Duration;
 
@@ -11,36 +13,27 @@ use rand::Rng;
 
 /// Backoff state: the number of failures since the last success.
 #[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    failures: u32,
-}
+pub struct Backoff(weir_wire::backoff::Backoff);
 
 impl Backoff {
     /// Delays from `min` up to `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), failures: 0 }
+        Self(weir_wire::backoff::Backoff::new(min, max))
     }
 
     /// The delay before the next attempt, after one more failure.
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let doubling = 2u32.saturating_pow(self.failures.min(31));
-        self.failures = self.failures.saturating_add(1);
-        let ceiling = self.min.saturating_mul(doubling).min(self.max);
-        let half = ceiling / 2;
-        let jitter = rng.gen_range(0..=half.as_millis().min(u128::from(u64::MAX)) as u64);
-        half + Duration::from_millis(jitter)
+        self.0.next_delay_with(|half_ms| rng.gen_range(0..=half_ms))
     }
 
     /// A connection worked: start again from `min`.
     pub fn reset(&mut self) {
-        self.failures = 0;
+        self.0.reset();
     }
 
     /// Failures since the last success.
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.0.failures()
     }
 }
 

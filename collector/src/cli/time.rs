@@ -1,18 +1,23 @@
-//! Times for people: RFC 3339 in UTC, both ways, without a date library.
+//! Times for people: RFC 3339 in UTC, both ways; the calendar is the `time`
+//! crate's. Times past its last year (9999) are shown as its last
+//! millisecond and refused when parsed.
 
 use anyhow::bail;
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime};
 
 /// `2024-05-01T12:00:00.123Z` for ms since the Unix epoch.
 pub fn format_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or_else(|_| PrimitiveDateTime::MAX.assume_utc());
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
 }
 
@@ -43,30 +48,13 @@ pub fn parse_time(s: &str) -> anyhow::Result<f64> {
     {
         return Err(bad());
     }
-    let days = days_from_civil(y, mo, da);
+    // Days past the month's length run on into the next month, as they
+    // always have here (`2024-02-30` is March 1st).
+    let month = u8::try_from(mo).ok().and_then(|m| Month::try_from(m).ok()).ok_or_else(bad)?;
+    let year = i32::try_from(y).map_err(|_| bad())?;
+    let first = Date::from_calendar_date(year, month, 1).map_err(|_| bad())?;
+    let days = first.midnight().assume_utc().unix_timestamp() / 86_400 + (da - 1);
     Ok((days * 86_400 + h * 3600 + mi * 60) as f64 + sec)
-}
-
-// Howard Hinnant's civil calendar algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -81,5 +69,17 @@ mod tests {
         assert_eq!(parse_time("2024-02-29T00:00:00.5Z").ok(), Some(1_709_164_800.5));
         assert_eq!(parse_time("1714564800").ok(), Some(1_714_564_800.0));
         assert!(parse_time("yesterday").is_err() && parse_time("2024-13-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn days_past_a_months_end_run_into_the_next_month() {
+        assert_eq!(
+            parse_time("2024-02-30T00:00:00Z").ok(),
+            parse_time("2024-03-01T00:00:00Z").ok()
+        );
+        assert_eq!(
+            parse_time("2023-04-31T06:00:00Z").ok(),
+            parse_time("2023-05-01T06:00:00Z").ok()
+        );
     }
 }

@@ -27,8 +27,9 @@ pub const DEFAULT_ERROR_PREFIX: &str =
 pub const MAX_RETRY_DURATION_SECS: u32 = 7_200;
 /// Retry duration when none is given, seconds (Firehose's default).
 pub const DEFAULT_RETRY_DURATION_SECS: u32 = 300;
-/// Most dynamic partitioning keys of a delivery stream.
-pub const MAX_PARTITION_KEYS: usize = 50;
+/// Most dynamic partitioning keys of a delivery stream (the partitioner's
+/// bound).
+pub use super::partition::MAX_PARTITION_KEYS;
 
 /// Buffering hints: a batch is flushed when either is reached, whichever
 /// comes first.

@@ -19,11 +19,12 @@
 
 use std::collections::BTreeMap;
 
-use super::config::MAX_PARTITION_KEYS;
 use super::error::FirehoseError;
 use super::prefix::PrefixTemplate;
 use super::query::JsonQuery;
 
+/// Most dynamic partitioning keys of a delivery stream.
+pub const MAX_PARTITION_KEYS: usize = 50;
 /// Error code of records whose partition keys could not be extracted.
 pub const EXTRACTION_FAILED: &str = "DynamicPartitioning.MetadataExtractionFailed";
 /// Error output type of those records.

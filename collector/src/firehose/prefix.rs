@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use time::{OffsetDateTime, PrimitiveDateTime};
+
 use super::error::FirehoseError;
 
 /// Most characters of a template.
@@ -178,39 +180,29 @@ fn parse_pattern(pattern: &str, parts: &mut Vec<Part>) -> Result<(), String> {
     Ok(())
 }
 
-/// A UTC calendar time.
+/// A UTC calendar time (the `time` crate's calendar; times past its last
+/// year, 9999, render as its last second).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Utc {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
+    year: i32,
+    month: u8,
+    day: u8,
+    hour: u8,
+    minute: u8,
+    second: u8,
 }
 
 impl Utc {
     fn from_ms(ms: u64) -> Self {
-        let secs = ms / 1_000;
-        let days = (secs / 86_400) as i64;
-        let of_day = secs % 86_400;
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or_else(|_| PrimitiveDateTime::MAX.assume_utc());
         Self {
-            year,
-            month,
-            day,
-            hour: (of_day / 3_600) as u32,
-            minute: (of_day % 3_600 / 60) as u32,
-            second: (of_day % 60) as u32,
+            year: t.year(),
+            month: t.month().into(),
+            day: t.day(),
+            hour: t.hour(),
+            minute: t.minute(),
+            second: t.second(),
         }
     }
 }

@@ -1,0 +1,95 @@
+//! Retries of a batch the destination failed: per shard, since when it
+//! fails (the retry duration counts from there), how many attempts failed
+//! and when the next one is due, with exponential backoff from
+//! [`RETRY_INITIAL_MS`] doubling up to [`RETRY_MAX_MS`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weir_wire::backoff::Backoff;
+
+/// Wait after a batch's first failed attempt, ms.
+pub const RETRY_INITIAL_MS: u64 = 100;
+/// Longest wait between attempts, ms.
+pub const RETRY_MAX_MS: u64 = 30_000;
+
+/// The wait after `attempts` failed attempts ([`weir_wire::backoff`]'s
+/// ceiling, without jitter: one delivery stream retries alone).
+pub fn backoff_ms(attempts: u32) -> u64 {
+    let backoff =
+        Backoff::new(Duration::from_millis(RETRY_INITIAL_MS), Duration::from_millis(RETRY_MAX_MS));
+    u64::try_from(backoff.ceiling(attempts).as_millis()).unwrap_or(RETRY_MAX_MS)
+}
+
+/// A shard's batch that failed: since when, how often, next attempt.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetryState {
+    pub(super) since_ms: u64,
+    pub(super) attempts: u32,
+    pub(super) next_ms: u64,
+}
+
+impl RetryState {
+    /// Whether the retry duration has passed since the first failure.
+    pub(super) fn expired(&self, now_ms: u64, retry_duration_secs: u32) -> bool {
+        now_ms.saturating_sub(self.since_ms) >= u64::from(retry_duration_secs) * 1_000
+    }
+}
+
+/// The failing batches of a delivery stream, by shard id (since opening:
+/// the attempt count restarts with the process, the first failure does not).
+#[derive(Debug, Default)]
+pub(super) struct Retries(BTreeMap<String, RetryState>);
+
+impl Retries {
+    /// Whether no batch is failing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the shard's batch is failing.
+    pub(super) fn contains(&self, shard_id: &str) -> bool {
+        self.0.contains_key(shard_id)
+    }
+
+    /// Whether the shard's batch waits for its next attempt at `now_ms`.
+    pub(super) fn waiting(&self, shard_id: &str, now_ms: u64) -> bool {
+        self.0.get(shard_id).is_some_and(|r| r.next_ms > now_ms)
+    }
+
+    /// The shard's batch failed for the first time since opening; it has
+    /// been failing since `since_ms`.
+    pub(super) fn start(&mut self, shard_id: &str, since_ms: u64, now_ms: u64) {
+        self.0.insert(shard_id.to_owned(), RetryState { since_ms, attempts: 0, next_ms: now_ms });
+    }
+
+    /// Counts a failed attempt of the shard's batch (after [`start`](Self::start)).
+    pub(super) fn count_failure(&mut self, shard_id: &str) -> Option<RetryState> {
+        let state = self.0.get_mut(shard_id)?;
+        state.attempts = state.attempts.saturating_add(1);
+        Some(*state)
+    }
+
+    /// Schedules the next attempt, the backoff after `attempts` from `now_ms`.
+    pub(super) fn schedule(&mut self, shard_id: &str, now_ms: u64, attempts: u32) {
+        if let Some(s) = self.0.get_mut(shard_id) {
+            s.next_ms = now_ms.saturating_add(backoff_ms(attempts));
+        }
+    }
+
+    /// The shard's batch is delivered or goes to the error output.
+    pub(super) fn remove(&mut self, shard_id: &str) {
+        self.0.remove(shard_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_wait_up_to_the_cap() {
+        let waits: Vec<u64> = [0, 1, 2, 3, 8, 9, 21, u32::MAX].map(backoff_ms).to_vec();
+        assert_eq!(waits, [100, 100, 200, 400, 12_800, 25_600, 30_000, 30_000]);
+    }
+}
