@@ -41,8 +41,7 @@ use crate::record::{OwnedRecord, varint_len};
 #[cfg(feature = "alloc")]
 use alloc::{string::String, vec, vec::Vec};
 
-/// Longest producer id, in bytes.
-pub const MAX_PRODUCER_ID_BYTES: usize = 64;
+pub use crate::validate::MAX_PRODUCER_ID_BYTES;
 
 /// Width of the record count field.
 const COUNT_BYTES: usize = 2;
