@@ -60,74 +60,49 @@ const QOS0_GROUP: usize = 100;
 /// Password of the `bench` user the generator logs in as.
 const BENCH_PASSWORD: &str = "bench-password";
 
+/// MQTT ingest benchmark: a load generator against the collector and Mosquitto.
+#[derive(clap::Parser)]
 struct Args {
+    /// Runs per case and target; figures are medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Measured seconds per run (after one warm-up second).
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Only the cases whose name contains this.
+    #[arg(long)]
     filter: Option<String>,
-    mosquitto: Option<SocketAddr>,
+    /// The Mosquitto broker to compare with (plain MQTT), or `off`.
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_mosquitto)]
+    mosquitto: ::std::option::Option<SocketAddr>,
+    /// The collector's data directory (on the disk under test).
+    // Cargo runs benches from the package directory: a relative path would
+    // land in the source tree.
+    #[arg(long, default_value_os_t = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-mqtt"))]
     dir: PathBuf,
+    /// Shards of the benchmark stream.
+    #[arg(long, default_value_t = 2)]
     shards: u32,
+    /// The collector's fsync policy.
+    #[arg(long, default_value = "always")]
     fsync: String,
+    /// Connections of every selected case, instead of the case's own.
+    #[arg(long)]
     connections: Option<usize>,
+    /// Publishes in flight per connection, instead of the case's own.
+    #[arg(long)]
     window: Option<usize>,
+    /// Bytes per message (per record for batches), instead of the case's own.
+    #[arg(long)]
     payload: Option<usize>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        runs: 3,
-        seconds: 3.0,
-        filter: None,
-        mosquitto: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
-        // Cargo runs benches from the package directory: a relative path would
-        // land in the source tree.
-        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-mqtt"),
-        shards: 2,
-        fsync: "always".into(),
-        connections: None,
-        window: None,
-        payload: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--runs" => args.runs = value("--runs")?.parse().map_err(|e| format!("--runs: {e}"))?,
-            "--seconds" => {
-                args.seconds = value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?
-            }
-            "--filter" => args.filter = Some(value("--filter")?),
-            "--mosquitto" => {
-                let v = value("--mosquitto")?;
-                args.mosquitto = if v == "off" {
-                    None
-                } else {
-                    Some(v.parse().map_err(|e| format!("--mosquitto {v}: {e}"))?)
-                };
-            }
-            "--dir" => args.dir = PathBuf::from(value("--dir")?),
-            "--shards" => {
-                args.shards = value("--shards")?.parse().map_err(|e| format!("--shards: {e}"))?
-            }
-            "--fsync" => args.fsync = value("--fsync")?,
-            "--connections" => {
-                args.connections = Some(
-                    value("--connections")?.parse().map_err(|e| format!("--connections: {e}"))?,
-                )
-            }
-            "--window" => {
-                args.window =
-                    Some(value("--window")?.parse().map_err(|e| format!("--window: {e}"))?)
-            }
-            "--payload" => {
-                args.payload =
-                    Some(value("--payload")?.parse().map_err(|e| format!("--payload: {e}"))?)
-            }
-            // cargo bench passes --bench; ignore flags we do not know.
-            _ => {}
-        }
-    }
-    Ok(args)
+/// `--mosquitto`: an address, or `off` for none.
+fn parse_mosquitto(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "off" { Ok(None) } else { v.parse().map(Some).map_err(|e| format!("{v}: {e}")) }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -209,13 +184,7 @@ struct Figures {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     weir_collector::tls::install_default_provider();
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
