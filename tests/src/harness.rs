@@ -1,4 +1,8 @@
 //! Starting real Weir processes for tests.
+//!
+//! A [`Collector`] or [`Agent`] dropped while its test panics prints its
+//! `report()` (command line, log, data directory) to stderr, so every failure
+//! shows the processes' context, whether or not the assertion passed it.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -169,6 +173,11 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
+        // A failing test drops its processes while unwinding: show their
+        // context whether or not the failed assertion asked for it.
+        if std::thread::panicking() {
+            eprintln!("--- collector (test failed) ---\n{}", self.report());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -379,6 +388,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent (test failed) ---\n{}", self.report());
+        }
         self.kill9();
     }
 }
