@@ -44,45 +44,34 @@ const STATUS_MS: u64 = 100;
 /// Longest wait for any case.
 const CASE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The agent's benchmark: the release binaries as processes.
+#[derive(clap::Parser)]
 struct Args {
+    /// Runs per case; figures are medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Lines of the `spool` case (it is fast: many, so the 100 ms status
     /// granularity is small against the run).
+    #[arg(long, default_value_t = 10_000_000)]
     spool_lines: u64,
+    /// Lines of the `e2e` case.
+    #[arg(long, default_value_t = 2_000_000)]
     lines: u64,
+    /// Seconds of the `rate` case.
+    #[arg(long, default_value_t = 30)]
     rate_seconds: u64,
     /// `collector.inflight` of the agent (default: the agent's default).
+    #[arg(long)]
     inflight: Option<u32>,
+    /// Where files, spools and the collector's data go.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// Only the cases whose name contains this: spool, e2e, rate or idle.
+    #[arg(long)]
     filter: Option<String>,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        runs: 3,
-        spool_lines: 10_000_000,
-        lines: 2_000_000,
-        rate_seconds: 30,
-        inflight: None,
-        dir: std::env::temp_dir(),
-        filter: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => a.runs = value().parse().expect("--runs N"),
-            "--lines" => a.lines = value().parse().expect("--lines N"),
-            "--spool-lines" => a.spool_lines = value().parse().expect("--spool-lines N"),
-            "--rate-seconds" => a.rate_seconds = value().parse().expect("--rate-seconds N"),
-            "--dir" => a.dir = PathBuf::from(value()),
-            "--inflight" => a.inflight = Some(value().parse().expect("--inflight N")),
-            "--filter" => a.filter = Some(value()),
-            // cargo bench passes `--bench`.
-            _ => {}
-        }
-    }
-    a
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 /// Line `n`: a log line of exactly [`LINE_BYTES`] bytes.
@@ -481,7 +470,7 @@ fn stripped_size() -> Option<u64> {
 }
 
 fn main() {
-    let a = args();
+    let a = <Args as clap::Parser>::parse();
     let root =
         tempfile::Builder::new().prefix("weir-agent-bench").tempdir_in(&a.dir).expect("bench dir");
     let wanted = |case: &str| a.filter.as_deref().is_none_or(|f| case.contains(f));

@@ -147,7 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(thread_err("batcher"))?;
 
     let mut inputs = Vec::new();
-    let serial_stats: Vec<Option<Arc<input::serial::SerialStats>>> = config
+    let serial_stats: Vec<Option<Arc<stats::SerialStats>>> = config
         .inputs
         .iter()
         .map(|i| matches!(i.kind, InputKind::Serial(_)).then(Arc::default))
@@ -281,7 +281,7 @@ struct Reporter {
     producer_id: String,
     started_at_ms: u64,
     /// Counters of the serial inputs, by input index.
-    serial: Vec<Option<Arc<input::serial::SerialStats>>>,
+    serial: Vec<Option<Arc<stats::SerialStats>>>,
 }
 
 impl Reporter {

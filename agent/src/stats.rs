@@ -1,15 +1,18 @@
 //! Live counters and signals the agent's components share: [`Shared`]
 //! (per-input, batcher and shipper counters, atomics plus a few mutexes for
 //! strings and lists, never held across I/O), the stop signal
-//! ([`Shutdown`]) and the freed-space wake-up ([`Signal`]). The status file
-//! is built from them periodically (see [`crate::status`]).
+//! ([`Shutdown`]) and the freed-space wake-up ([`Signal`]), and each serial
+//! input's line and node counters ([`SerialStats`]). The status file is built
+//! from them periodically (see [`crate::status`]); this module does not
+//! depend on it.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::checkpoint::{FileKey, Table};
-use crate::status::ErrorNote;
 
 /// Longest error message kept.
 const MAX_ERROR_CHARS: usize = 500;
@@ -97,6 +100,15 @@ impl Signal {
     }
 }
 
+/// An error message and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorNote {
+    /// The message.
+    pub message: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// The newest error of a component.
 #[derive(Debug, Default)]
 pub struct LastError(Mutex<Option<ErrorNote>>);
@@ -136,6 +148,48 @@ pub struct InputStats {
     pub last_error: LastError,
     /// Followed files: key, path and read offset (file inputs).
     pub files: Mutex<Vec<(FileKey, String, u64)>>,
+}
+
+/// A node as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Its producer id.
+    pub producer: String,
+    /// Highest frame sequence number handed on in order.
+    pub received_seq: Option<u32>,
+    /// Highest frame sequence number acknowledged.
+    pub acked_seq: Option<u32>,
+    /// Frames held after a gap.
+    pub held: usize,
+}
+
+/// Counters of one serial input, for the status.
+#[derive(Debug, Default)]
+pub struct SerialStats {
+    /// Whether the line is open.
+    pub connected: AtomicBool,
+    /// Times the line was opened.
+    pub connects: AtomicU64,
+    /// Data frames taken (spooled or empty).
+    pub frames: AtomicU64,
+    /// Frames that failed their checks (COBS, CRC, length, type).
+    pub corrupt: AtomicU64,
+    /// Frames over the size bound.
+    pub oversized: AtomicU64,
+    /// Data frames whose envelope did not decode.
+    pub invalid: AtomicU64,
+    /// Frames from the line that were not data frames.
+    pub unexpected: AtomicU64,
+    /// Retransmitted frames not spooled again.
+    pub duplicates: AtomicU64,
+    /// Sequence numbers that went back with new content (node restarts).
+    pub restarts: AtomicU64,
+    /// Frames that never arrived, given up when the node no longer had them.
+    pub missed: AtomicU64,
+    /// Ack frames written.
+    pub acks_sent: AtomicU64,
+    /// The nodes.
+    pub nodes: Mutex<Vec<NodeRow>>,
 }
 
 /// Connection states of the shipper.

@@ -24,14 +24,7 @@ pub fn policy_name(policy: crate::spool::FullPolicy) -> &'static str {
 /// A status older than this is reported as stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 
-/// An error message and when it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorNote {
-    /// The message.
-    pub message: String,
-    /// When, ms since the Unix epoch.
-    pub at_ms: u64,
-}
+pub use crate::stats::ErrorNote;
 
 /// A followed file, as its input reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +193,7 @@ pub struct NodeStatus {
 }
 
 /// A serial input's counters as its status.
-pub fn serial_status(s: &crate::input::serial::SerialStats) -> SerialStatus {
+pub fn serial_status(s: &crate::stats::SerialStats) -> SerialStatus {
     use std::sync::atomic::Ordering::Relaxed;
     SerialStatus {
         connected: s.connected.load(Relaxed),

@@ -42,40 +42,30 @@ const RECORD_BYTES: usize = 100;
 /// How long to wait for a server to answer its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Kinesis API benchmark: PutRecords and GetRecords through HTTP.
+#[derive(clap::Parser)]
 struct Args {
+    /// Runs per case; figures are medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Seconds of PutRecords load per run.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// Shards of the benchmark stream.
+    #[arg(long, default_value_t = 4)]
     shards: u32,
+    /// The collector's fsync policy.
+    #[arg(long, default_value = "always")]
     fsync: String,
+    /// Run kinesalite (installed with npm) under the same load too.
+    #[arg(long)]
     kinesalite: bool,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        runs: 3,
-        seconds: 5,
-        connections: 8,
-        shards: 4,
-        fsync: "always".into(),
-        kinesalite: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--runs" => a.runs = value("--runs")?.parse()?,
-            "--seconds" => a.seconds = value("--seconds")?.parse()?,
-            "--connections" => a.connections = value("--connections")?.parse()?,
-            "--shards" => a.shards = value("--shards")?.parse()?,
-            "--fsync" => a.fsync = value("--fsync")?,
-            "--kinesalite" => a.kinesalite = true,
-            // cargo bench passes --bench; ignore it.
-            "--bench" => {}
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    Ok(a)
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 /// The parts of answers the load loops look at; everything else is skipped
@@ -350,7 +340,7 @@ fn line(name: &str, v: &[f64]) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = parse_args()?;
+    let a = <Args as clap::Parser>::parse();
     let rt = tokio::runtime::Runtime::new()?;
     let http: Http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
     println!(

@@ -55,38 +55,35 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(2);
 /// than the compressors' windows, so they cannot just find repeats.
 const DISTINCT_PAYLOADS: usize = 16 * 1024;
 
+/// Firehose benchmark: delivery throughput to a directory, and latency.
+#[derive(clap::Parser)]
 struct Args {
+    /// Runs per case; figures are medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// MiB of records per throughput run.
+    #[arg(long, default_value_t = 256)]
     mib: usize,
+    /// Seconds of the latency case.
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Records per second of the latency case.
+    #[arg(long, default_value_t = 200)]
     rate: u32,
+    /// Where the store and the delivered objects go.
+    #[arg(long, default_value = "target/bench-firehose")]
     dir: PathBuf,
+    /// Only the cases whose name contains this.
+    #[arg(long)]
     filter: Option<String>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
+/// The arguments, checked.
 fn parse_args() -> Args {
-    let mut args = Args {
-        runs: 3,
-        mib: 256,
-        seconds: 10.0,
-        rate: 200,
-        dir: PathBuf::from("target/bench-firehose"),
-        filter: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
-        match a.as_str() {
-            "--runs" => args.runs = value("--runs").parse().expect("--runs N"),
-            "--mib" => args.mib = value("--mib").parse().expect("--mib N"),
-            "--seconds" => args.seconds = value("--seconds").parse().expect("--seconds S"),
-            "--rate" => args.rate = value("--rate").parse().expect("--rate N"),
-            "--dir" => args.dir = PathBuf::from(value("--dir")),
-            "--filter" => args.filter = Some(value("--filter")),
-            // cargo bench passes --bench; ignore flags we do not know.
-            _ => {}
-        }
-    }
+    let args = <Args as clap::Parser>::parse();
     assert!(args.runs > 0 && args.mib > 0 && args.rate > 0, "--runs, --mib, --rate must be > 0");
     args
 }

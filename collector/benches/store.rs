@@ -27,36 +27,27 @@ use weir_collector::store::{
     StoreConfig, StreamStore,
 };
 
+/// Stream store benchmark: appends under the fsync policies, then replay.
+#[derive(clap::Parser)]
 struct Args {
+    /// Runs per case; figures are medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Seconds of appends per run.
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Shards of the benchmark stream.
+    #[arg(long, default_value_t = 4)]
     shards: u32,
+    /// The data directory (on the disk under test).
+    #[arg(long, default_value = "target/bench-store")]
     dir: PathBuf,
+    /// Only the cases whose name contains this.
+    #[arg(long)]
     filter: Option<String>,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        runs: 3,
-        seconds: 3.0,
-        shards: 4,
-        dir: PathBuf::from("target/bench-store"),
-        filter: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
-        match a.as_str() {
-            "--runs" => args.runs = value("--runs").parse().expect("--runs N"),
-            "--seconds" => args.seconds = value("--seconds").parse().expect("--seconds S"),
-            "--shards" => args.shards = value("--shards").parse().expect("--shards N"),
-            "--dir" => args.dir = PathBuf::from(value("--dir")),
-            "--filter" => args.filter = Some(value("--filter")),
-            // cargo bench passes --bench; ignore flags we do not know.
-            _ => {}
-        }
-    }
-    args
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -185,7 +176,7 @@ fn peak_rss_mib() -> f64 {
 
 #[allow(clippy::print_stdout)]
 fn main() {
-    let args = parse_args();
+    let args = <Args as clap::Parser>::parse();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut cases = Vec::new();
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {

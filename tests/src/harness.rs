@@ -1,4 +1,8 @@
 //! Starting real Weir processes for tests.
+//!
+//! A [`Collector`] or [`Agent`] dropped while its test panics prints its
+//! `report()` (command line, log, data directory) to stderr, so every failure
+//! shows the processes' context, whether or not the assertion passed it.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -169,6 +173,11 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
+        // A failing test drops its processes while unwinding: show their
+        // context whether or not the failed assertion asked for it.
+        if std::thread::panicking() {
+            eprintln!("--- collector (test failed) ---\n{}", self.report());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -211,17 +220,25 @@ pub fn free_port() -> u16 {
 /// The body of `GET <path>` from an HTTP/1.1 server on `addr` (empty if the
 /// server cannot be reached), e.g. the collector's `/metrics`.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    http(addr, "GET", path).map(|(_, body)| body).unwrap_or_default()
+}
+
+/// One HTTP/1.1 request without a body: the status code and the body, or
+/// `None` if the server cannot be reached or does not answer HTTP.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-        return String::new();
-    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    if s.write_all(request.as_bytes()).is_err() || s.read_to_string(&mut out).is_err() {
-        return String::new();
-    }
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// The value of the sample `<name>{<labels>}` in Prometheus text (`labels`
@@ -379,6 +396,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent (test failed) ---\n{}", self.report());
+        }
         self.kill9();
     }
 }

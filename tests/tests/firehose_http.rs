@@ -15,8 +15,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir_tests::harness::Collector;
+use weir_tests::harness::{Collector, http_get, metric_value, wait_for};
 
 mod kinesis_support;
 
@@ -123,35 +122,16 @@ async fn serve(ep: Endpoint) -> SocketAddr {
     addr
 }
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cond()
+/// Polls `cond` until it holds or `timeout` passes ([`wait_for`]), on a
+/// thread the runtime may block: the endpoint server runs on this runtime
+/// meanwhile.
+fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    tokio::task::block_in_place(|| wait_for(timeout, cond))
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("response");
-    out
-}
-
-/// The value of a metric line `name{delivery_stream="stream"} value`.
+/// The value of the metric `name{delivery_stream="stream"}`, 0 if absent.
 fn metric(text: &str, name: &str, stream: &str) -> u64 {
-    let prefix = format!("{name}{{delivery_stream=\"{stream}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric_value(text, name, &format!("delivery_stream=\"{stream}\"")).map_or(0, |v| v as u64)
 }
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -225,8 +205,7 @@ url = "http://{down_addr}/ingest"
     let delivered = wait_until(DELIVERY_TIMEOUT, || {
         let seen = flaky.seen.lock().expect("lock");
         seen.len() > FAILURES + 2
-    })
-    .await;
+    });
     let seen = flaky.seen.lock().expect("lock").clone();
     assert!(delivered, "{} requests: {seen:?}\n{}", seen.len(), collector.report());
     let id = seen[0].header_id.clone();
@@ -242,7 +221,7 @@ url = "http://{down_addr}/ingest"
     // Delivered once: the checkpoint moved on, and the metrics say so.
     let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
     let text = loop {
-        let text = metrics(addr).await;
+        let text = http_get(addr, "/metrics");
         let done = metric(&text, "weir_firehose_delivered_records_total", "to-flaky") == 20
             && metric(&text, "weir_firehose_failed_records_total", "to-down") == 20;
         if done {
@@ -365,8 +344,7 @@ async fn api_created_http_endpoint_delivery_stream_delivers() {
     let ok = wait_until(DELIVERY_TIMEOUT, || {
         endpoint.seen.lock().expect("lock").iter().map(|s| s.records.len()).sum::<usize>()
             >= wanted.len()
-    })
-    .await;
+    });
     assert!(ok, "{}", collector.report());
     let seen = endpoint.seen.lock().expect("lock").clone();
     let got: Vec<String> = seen.iter().flat_map(|s| s.records.clone()).collect();

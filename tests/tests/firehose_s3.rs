@@ -13,8 +13,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir_tests::harness::{Collector, free_port};
+use weir_tests::harness::{Collector, free_port, http};
 
 mod kinesis_support;
 
@@ -38,17 +37,9 @@ impl Drop for S3Server {
     }
 }
 
-/// One raw HTTP/1.1 request; the status code.
-async fn http(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.ok()?;
-    let text = String::from_utf8_lossy(&out);
-    text.split_whitespace().nth(1)?.parse().ok()
+/// The status code of a bodiless request to the S3 server.
+fn status(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
+    http(addr, method, path).map(|(status, _)| status)
 }
 
 impl S3Server {
@@ -66,7 +57,7 @@ impl S3Server {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let me = Self { child, endpoint: format!("http://{addr}"), log };
         let deadline = tokio::time::Instant::now() + SERVER_TIMEOUT;
-        while http(addr, "GET", "/moto-api/").await != Some(200) {
+        while status(addr, "GET", "/moto-api/") != Some(200) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "moto server not ready in {SERVER_TIMEOUT:?}: {}",
@@ -74,7 +65,7 @@ impl S3Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(http(addr, "PUT", &format!("/{BUCKET}")).await, Some(200), "create bucket");
+        assert_eq!(status(addr, "PUT", &format!("/{BUCKET}")), Some(200), "create bucket");
         me
     }
 

@@ -27,7 +27,7 @@ pub enum EncodeError {
     /// returned this is unchanged: what it held before is still there.
     BufferFull,
     /// A batch's producer id is empty or longer than
-    /// [`crate::batch::MAX_PRODUCER_ID_BYTES`].
+    /// [`crate::validate::MAX_PRODUCER_ID_BYTES`].
     InvalidProducerId {
         /// Its length in bytes.
         bytes: usize,
@@ -65,7 +65,7 @@ impl fmt::Display for EncodeError {
             Self::InvalidProducerId { bytes } => write!(
                 f,
                 "producer id is {bytes} bytes, must be 1 to {}",
-                crate::batch::MAX_PRODUCER_ID_BYTES
+                crate::validate::MAX_PRODUCER_ID_BYTES
             ),
             Self::Validation(e) => write!(f, "invalid input: {e}"),
             Self::Serialize(e) => write!(f, "postcard could not serialise: {e}"),
@@ -120,7 +120,7 @@ pub enum DecodeError {
         found: u8,
     },
     /// A batch's producer id is empty or longer than
-    /// [`crate::batch::MAX_PRODUCER_ID_BYTES`].
+    /// [`crate::validate::MAX_PRODUCER_ID_BYTES`].
     InvalidProducerId {
         /// Its length in bytes.
         bytes: usize,
@@ -203,7 +203,7 @@ impl fmt::Display for DecodeError {
             Self::InvalidProducerId { bytes } => write!(
                 f,
                 "producer id is {bytes} bytes, must be 1 to {}",
-                crate::batch::MAX_PRODUCER_ID_BYTES
+                crate::validate::MAX_PRODUCER_ID_BYTES
             ),
             Self::InvalidRecord { index, error } => write!(f, "record {index} is invalid: {error}"),
             Self::InvalidBatch(error) => write!(f, "batch is invalid: {error}"),
@@ -237,7 +237,7 @@ impl core::error::Error for DecodeError {
 pub enum FrameError {
     /// Writing: the output buffer cannot hold the encoded frame.
     BufferTooSmall,
-    /// The payload is longer than [`crate::frame::MAX_FRAME_PAYLOAD`].
+    /// The payload is longer than [`crate::validate::MAX_FRAME_PAYLOAD`].
     PayloadTooLarge {
         /// Its length in bytes.
         len: usize,
@@ -285,7 +285,7 @@ impl fmt::Display for FrameError {
             Self::PayloadTooLarge { len } => write!(
                 f,
                 "frame payload is {len} bytes, more than {}",
-                crate::frame::MAX_FRAME_PAYLOAD
+                crate::validate::MAX_FRAME_PAYLOAD
             ),
             Self::AckWithPayload { len } => {
                 write!(f, "ack frame carries a {len}-byte payload; acks are empty")

@@ -48,11 +48,7 @@
 
 use crate::error::FrameError;
 
-/// Largest payload of one frame, in bytes. A frame is kept whole in RAM at
-/// both ends, and a lost one is sent again whole: 4 KiB keeps that cheap on a
-/// microcontroller and is about 0.36 s at 115,200 baud. Larger records go to
-/// the collector over MQTT instead.
-pub const MAX_FRAME_PAYLOAD: usize = 4096;
+pub use crate::validate::MAX_FRAME_PAYLOAD;
 
 /// Bytes before the payload: type and sequence number.
 pub const FRAME_HEADER_LEN: usize = 5;

@@ -41,7 +41,7 @@ pub mod validate;
 
 #[cfg(feature = "alloc")]
 pub use batch::OwnedBatch;
-pub use batch::{BatchEncoder, BatchView, MAX_PRODUCER_ID_BYTES, Records};
+pub use batch::{BatchEncoder, BatchView, Records};
 pub use envelope::{
     ENVELOPE_HEADER_LEN, Envelope, EnvelopeKind, FORMAT_VERSION, batch_encoder, encode_record,
 };
@@ -49,14 +49,14 @@ pub use envelope::{
 pub use envelope::{encode_batch_to_vec, encode_record_to_vec};
 pub use error::{DecodeError, EncodeError, FrameError};
 pub use frame::{
-    FeedResult, Frame, FrameDecoder, FrameKind, MAX_ENCODED_FRAME_LEN, MAX_FRAME_PAYLOAD,
-    MaxFrameDecoder, decode_frame, encode_frame, max_encoded_frame_len,
+    FeedResult, Frame, FrameDecoder, FrameKind, MAX_ENCODED_FRAME_LEN, MaxFrameDecoder,
+    decode_frame, encode_frame, max_encoded_frame_len,
 };
 pub use hash::{HashRange, HashRangeError, hash_key};
 #[cfg(feature = "alloc")]
 pub use record::OwnedRecord;
 pub use record::Record;
 pub use validate::{
-    MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DATA_BYTES, MAX_PARTITION_KEY_CHARS, ValidationError,
-    validate_data, validate_partition_key,
+    MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DATA_BYTES, MAX_FRAME_PAYLOAD, MAX_PARTITION_KEY_CHARS,
+    MAX_PRODUCER_ID_BYTES, ValidationError, validate_data, validate_partition_key,
 };

@@ -3,7 +3,9 @@
 //! These are Kinesis's limits (a partition key of 1 to 256 Unicode scalar
 //! values, a data blob of at most 1 MiB, PutRecords' 500 entries and 5 MiB), so
 //! a record that a device accepts is one the collector and the Kinesis API
-//! accept too.
+//! accept too; and the wire's own: a batch's producer id and a serial frame's
+//! payload. [`crate::batch`], [`crate::frame`] and [`crate::error`] take
+//! their limits from here.
 
 use core::fmt;
 
@@ -15,6 +17,13 @@ pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 pub const MAX_BATCH_RECORDS: usize = 500;
 /// Largest encoded batch, in bytes (Kinesis PutRecords' 5 MiB request limit).
 pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
+/// Longest producer id of a batch, in bytes.
+pub const MAX_PRODUCER_ID_BYTES: usize = 64;
+/// Largest payload of one serial frame, in bytes. A frame is kept whole in
+/// RAM at both ends, and a lost one is sent again whole: 4 KiB keeps that
+/// cheap on a microcontroller and is about 0.36 s at 115,200 baud. Larger
+/// records go to the collector over MQTT instead.
+pub const MAX_FRAME_PAYLOAD: usize = 4096;
 
 /// Why a record or batch was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

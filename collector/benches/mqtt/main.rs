@@ -1,0 +1,271 @@
+//! MQTT ingest benchmark: a load generator run against the collector and, in
+//! the same run, against a Mosquitto broker, alternating, so both see the
+//! same machine at the same half hour.
+//!
+//! ```text
+//! cargo bench -p weir-collector --bench mqtt                         # every case, 3 runs x 3 s each
+//! cargo bench -p weir-collector --bench mqtt -- --filter qos1-100B   # one case
+//! cargo bench -p weir-collector --bench mqtt -- --runs 5 --seconds 5 --mosquitto 127.0.0.1:1883 \
+//!     --dir /path/on/the/disk --shards 2 --fsync always
+//! cargo bench -p weir-collector --bench mqtt -- --filter qos1 --connections 256 --window 16 --payload 512
+//! ```
+//!
+//! `--connections`, `--window` (publishes in flight per connection) and
+//! `--payload` (bytes per message, per record for batches) override every
+//! selected case; `--mosquitto off` runs Weir alone.
+//!
+//! The collector is the release binary, started as its own process on an
+//! empty data directory (default `target/tmp/bench-mqtt` in the workspace's
+//! target directory, never inside the source tree; it must be on the
+//! disk under test) with fsync `always`. Mosquitto is the broker already
+//! running at `--mosquitto` (plain); for the TLS cases a second Mosquitto is
+//! started on a free port with a certificate from a throwaway development
+//! CA, if `/usr/sbin/mosquitto` exists.
+//!
+//! The generator speaks MQTT 3.1.1 over its own lean client (frames encoded
+//! once with rumqttc's codec, PUBACKs parsed in place), keeps `window`
+//! publishes in flight per connection and counts acknowledged messages in
+//! the measured seconds after one warm-up second. Cases:
+//!
+//! - `qos1-100B`, `qos1-1KiB`: single-record QoS 1 publishes from 16
+//!   connections, 64 in flight each;
+//! - `qos1-100B-tls`: the same over TLS;
+//! - `qos0-100B`: QoS 0 publishes, each 100 followed by a QoS 1 "barrier"
+//!   publish whose acknowledgement confirms them (both servers process a
+//!   connection's packets in order);
+//! - `batch-100x100B`: Weir wire-format batches of 100 records of 100 B on
+//!   `weir/<stream>/$batch`, 16 connections, 8 in flight each; Mosquitto gets
+//!   the same bytes as plain QoS 1 messages (it stores nothing).
+//!
+//! Reported per case and target: acknowledged messages/s (and records/s for
+//! batches), MB/s of payload, and publish→acknowledgement latency p50/p99,
+//! each the median of the runs with min..max.
+//!
+//! This file holds the options, the cases and the report; `load` is the
+//! generator (connections, frames, figures) and `servers` the servers under
+//! test as processes.
+
+mod load;
+mod servers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use load::{Case, Figures, Mode, Target, load};
+use servers::{CollectorProcess, MosquittoTls};
+
+/// MQTT ingest benchmark: a load generator against the collector and Mosquitto.
+#[derive(clap::Parser)]
+struct Args {
+    /// Runs per case and target; figures are medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Measured seconds per run (after one warm-up second).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Only the cases whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// The Mosquitto broker to compare with (plain MQTT), or `off`.
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_mosquitto)]
+    mosquitto: ::std::option::Option<SocketAddr>,
+    /// The collector's data directory (on the disk under test).
+    // Cargo runs benches from the package directory: a relative path would
+    // land in the source tree.
+    #[arg(long, default_value_os_t = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-mqtt"))]
+    dir: PathBuf,
+    /// Shards of the benchmark stream.
+    #[arg(long, default_value_t = 2)]
+    shards: u32,
+    /// The collector's fsync policy.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+    /// Connections of every selected case, instead of the case's own.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Publishes in flight per connection, instead of the case's own.
+    #[arg(long)]
+    window: Option<usize>,
+    /// Bytes per message (per record for batches), instead of the case's own.
+    #[arg(long)]
+    payload: Option<usize>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
+}
+
+/// `--mosquitto`: an address, or `off` for none.
+fn parse_mosquitto(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "off" { Ok(None) } else { v.parse().map(Some).map_err(|e| format!("{v}: {e}")) }
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "qos1-100B",
+        mode: Mode::Qos1,
+        payload: 100,
+        connections: 16,
+        window: 64,
+        tls: false,
+    },
+    Case {
+        name: "qos1-1KiB",
+        mode: Mode::Qos1,
+        payload: 1024,
+        connections: 16,
+        window: 64,
+        tls: false,
+    },
+    Case {
+        name: "qos0-100B",
+        mode: Mode::Qos0,
+        payload: 100,
+        connections: 16,
+        window: 4,
+        tls: false,
+    },
+    Case {
+        name: "batch-100x100B",
+        mode: Mode::Batch,
+        payload: 100,
+        connections: 16,
+        window: 8,
+        tls: false,
+    },
+    Case {
+        name: "qos1-100B-tls",
+        mode: Mode::Qos1,
+        payload: 100,
+        connections: 16,
+        window: 64,
+        tls: true,
+    },
+];
+
+fn main() {
+    let args = <Args as clap::Parser>::parse();
+    weir_collector::tls::install_default_provider();
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: starting the runtime: {e}");
+                std::process::exit(1);
+            }
+        };
+    if let Err(e) = runtime.block_on(bench(args)) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+// The report is the benchmark's output.
+#[allow(clippy::print_stdout)]
+async fn bench(args: Args) -> Result<(), String> {
+    let cases: Vec<Case> = CASES
+        .iter()
+        .filter(|c| args.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+        .map(|c| Case {
+            connections: args.connections.unwrap_or(c.connections).max(1),
+            window: args.window.unwrap_or(c.window).max(1),
+            payload: args.payload.unwrap_or(c.payload),
+            ..c.clone()
+        })
+        .collect();
+    if cases.is_empty() {
+        return Err("no case matches the filter".into());
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    let collector = CollectorProcess::start(&args.dir, args.shards, &args.fsync)?;
+    let weir_plain = Target { name: "weir", addr: collector.mqtt, tls: None };
+    let weir_tls = Target {
+        name: "weir",
+        addr: collector.mqtts,
+        tls: Some(
+            weir_collector::tls::client_config(&collector.ca, None).map_err(|e| e.to_string())?,
+        ),
+    };
+    let mosquitto_tls = if cases.iter().any(|c| c.tls) && args.mosquitto.is_some() {
+        MosquittoTls::start(&args.dir).await
+    } else {
+        None
+    };
+    println!(
+        "MQTT ingest benchmark: {} runs x {} s per case and target (after 1 s warm-up), collector fsync {}, {} shards per stream",
+        args.runs, args.seconds, args.fsync, args.shards
+    );
+    println!(
+        "{:<16} {:<10} {:>26} {:>14} {:>18} {:>18}",
+        "case", "target", "acked msg/s", "records/s", "MB/s", "p50 / p99 ms"
+    );
+    for case in &cases {
+        println!(
+            "  {}: {} connections, {} in flight each, {} B{}",
+            case.name,
+            case.connections,
+            case.window,
+            case.payload,
+            if case.mode == Mode::Batch { " per record, 100 records per publish" } else { "" }
+        );
+    }
+    for case in &cases {
+        let mut targets: Vec<Target> = Vec::new();
+        if case.tls {
+            targets.push(weir_tls.clone());
+            if let Some(m) = &mosquitto_tls {
+                targets.push(m.target.clone());
+            }
+        } else {
+            targets.push(weir_plain.clone());
+            if let Some(addr) = args.mosquitto {
+                targets.push(Target { name: "mosquitto", addr, tls: None });
+            }
+        }
+        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+        for run in 0..args.runs {
+            // Alternate which target goes first.
+            for k in 0..targets.len() {
+                let t = (k + run) % targets.len();
+                let stream = format!("bench-{}-{run}", case.name.replace('.', "_"));
+                let f = load(case, &targets[t], &stream, args.seconds).await?;
+                results[t].push(f);
+            }
+        }
+        for (t, figures) in targets.iter().zip(&results) {
+            let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+            let (msgs, lo, hi) = m(|f| f.msgs_per_sec);
+            let records = if case.mode == Mode::Batch && t.name == "weir" {
+                format!("{:.0}", m(|f| f.records_per_sec).0)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:<16} {:<10} {:>10.0} ({:>6.0}..{:<6.0}) {:>14} {:>18.1} {:>8.2} / {:<8.2}",
+                case.name,
+                t.name,
+                msgs,
+                lo,
+                hi,
+                records,
+                m(|f| f.mb_per_sec).0,
+                m(|f| f.p50_ms).0,
+                m(|f| f.p99_ms).0
+            );
+        }
+    }
+    println!("collector peak RSS: {} MiB", collector.peak_rss_kib() / 1024);
+    drop(mosquitto_tls);
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    (v[n / 2], v[0], v[n - 1])
+}
