@@ -210,7 +210,7 @@ async fn malformed_requests_get_error_names_and_never_hurt_the_collector() {
         seed ^= seed << 17;
         seed
     };
-    for op in weir_collector::api::service::OPERATIONS {
+    for op in weir_collector::api::dispatch::OPERATIONS {
         for ct in [JSON, CBOR] {
             let len = (next() % 300) as usize;
             let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();

@@ -2,9 +2,10 @@
 //! AWS CLI and Kinesis tooling talk to the collector as they would to
 //! Kinesis.
 //!
-//! `server` (HTTP: routes, body limits, backpressure) → `service` (`Api`:
-//! operation dispatch over any `StreamStore`) → `streams`, `records`,
-//! `admin` (one function per operation). `codec` is the only place that knows
+//! `server` (HTTP: routes, body limits, backpressure) → `dispatch` (an
+//! operation by name) → `streams`, `records`, `admin` (one function per
+//! operation) → `service` (`Api` over any `StreamStore`, and the checks and
+//! shapes operations share). `codec` is the only place that knows
 //! JSON 1.1 and CBOR 1.1, `model` the request/response shapes, `error` the
 //! error names, `token` the signed shard iterators and page tokens, `metrics`
 //! the Prometheus names. `firehose` serves `Firehose_20150804.*` over the
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod codec;
+pub mod dispatch;
 pub mod error;
 pub mod firehose;
 pub mod listener;

@@ -20,11 +20,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use super::codec::Encoding;
+use super::dispatch::{self, OPERATIONS};
 use super::error::{ApiError, ErrorKind};
 use super::firehose::{self, FirehoseApi};
 use super::metrics;
 use super::model::ErrorBody;
-use super::service::{Api, OPERATIONS};
+use super::service::Api;
 use crate::store::StreamStore;
 
 /// Largest request body: 5 MiB of PutRecords data is 6.7 MiB as base64, plus
@@ -196,7 +197,7 @@ async fn handle<S: StreamStore>(
     let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|_| too_large())?;
     match &state.firehose {
         Some(f) if is_firehose => f.call(operation, encoding, &body).await,
-        _ => state.api.call(operation, encoding, &body).await,
+        _ => dispatch::call(&state.api, operation, encoding, &body).await,
     }
 }
 

@@ -1,22 +1,14 @@
-//! The Kinesis API as a service over a [`StreamStore`]: operation dispatch and
-//! what operations share (stream names and ARNs, shapes of shards and
-//! streams, constraint checks).
-//!
-//! [`Api::call`] takes an operation name, the request's encoding and body, and
-//! returns the encoded answer or an [`ApiError`]; it knows nothing of HTTP, so
-//! tests and other front ends can drive it directly.
+//! The Kinesis API as a service over a [`StreamStore`]: the [`Api`] value
+//! every operation runs on (store, token signer, settings, clock) and what
+//! operations share (stream names and ARNs, shapes of shards and streams,
+//! constraint checks). `dispatch` runs an operation by name.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use super::codec::{Encoding, Timestamp};
+use super::codec::Timestamp;
 use super::error::{ACCOUNT_ID, ApiError, ErrorKind, Violations};
 use super::model::{EnhancedMetrics, HashKeyRange, SequenceNumberRange, Shard, StreamModeOut};
 use super::token::TokenSigner;
-use super::{admin, records, streams};
 use crate::store::{Clock, ShardDescription, StreamMode, StreamStore, SystemClock};
 
 /// Settings of the API.
@@ -44,29 +36,6 @@ pub struct Api<S> {
     pub(super) clock: Arc<dyn Clock>,
 }
 
-/// Every operation, by its `X-Amz-Target` suffix.
-pub const OPERATIONS: &[&str] = &[
-    "AddTagsToStream",
-    "CreateStream",
-    "DecreaseStreamRetentionPeriod",
-    "DeleteStream",
-    "DescribeStream",
-    "DescribeStreamSummary",
-    "GetRecords",
-    "GetShardIterator",
-    "IncreaseStreamRetentionPeriod",
-    "ListShards",
-    "ListStreams",
-    "ListTagsForStream",
-    "MergeShards",
-    "PutRecord",
-    "PutRecords",
-    "RemoveTagsFromStream",
-    "SplitShard",
-    "UpdateShardCount",
-    "UpdateStreamMode",
-];
-
 impl<S: StreamStore> Api<S> {
     /// An API over `store`, signing tokens with `signer`.
     pub fn new(store: S, signer: TokenSigner, config: ApiConfig) -> Self {
@@ -82,75 +51,6 @@ impl<S: StreamStore> Api<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
-    }
-
-    /// Runs `operation` on a request body, answering in the same encoding.
-    ///
-    /// # Errors
-    /// The Kinesis error to send back.
-    pub async fn call(
-        &self,
-        operation: &str,
-        encoding: Encoding,
-        body: &[u8],
-    ) -> Result<Bytes, ApiError> {
-        async fn run<T, O, F>(encoding: Encoding, body: &[u8], f: F) -> Result<Bytes, ApiError>
-        where
-            T: DeserializeOwned,
-            O: Serialize,
-            F: AsyncFnOnce(T) -> Result<O, ApiError>,
-        {
-            let input: T = encoding.decode(body)?;
-            let output = f(input).await?;
-            encoding.encode(&output).map(Bytes::from)
-        }
-        match operation {
-            "AddTagsToStream" => {
-                run(encoding, body, async |i| admin::add_tags(self, i).await).await
-            }
-            "CreateStream" => run(encoding, body, async |i| streams::create(self, i).await).await,
-            "DecreaseStreamRetentionPeriod" => {
-                run(encoding, body, async |i| admin::retention(self, i, false).await).await
-            }
-            "DeleteStream" => run(encoding, body, async |i| streams::delete(self, i).await).await,
-            "DescribeStream" => {
-                run(encoding, body, async |i| streams::describe(self, i).await).await
-            }
-            "DescribeStreamSummary" => {
-                run(encoding, body, async |i| streams::summary(self, i).await).await
-            }
-            "GetRecords" => run(encoding, body, async |i| records::get(self, i).await).await,
-            "GetShardIterator" => {
-                run(encoding, body, async |i| records::iterator(self, i).await).await
-            }
-            "IncreaseStreamRetentionPeriod" => {
-                run(encoding, body, async |i| admin::retention(self, i, true).await).await
-            }
-            "ListShards" => {
-                run(encoding, body, async |i| streams::list_shards(self, i).await).await
-            }
-            "ListStreams" => run(encoding, body, async |i| streams::list(self, i).await).await,
-            "ListTagsForStream" => {
-                run(encoding, body, async |i| admin::list_tags(self, i).await).await
-            }
-            "MergeShards" => run(encoding, body, async |i| admin::merge(self, i).await).await,
-            "PutRecord" => run(encoding, body, async |i| records::put_one(self, i).await).await,
-            "PutRecords" => run(encoding, body, async |i| records::put_many(self, i).await).await,
-            "RemoveTagsFromStream" => {
-                run(encoding, body, async |i| admin::remove_tags(self, i).await).await
-            }
-            "SplitShard" => run(encoding, body, async |i| admin::split(self, i).await).await,
-            "UpdateShardCount" => {
-                run(encoding, body, async |i| admin::update_shard_count(self, i).await).await
-            }
-            "UpdateStreamMode" => {
-                run(encoding, body, async |i| admin::update_mode(self, i).await).await
-            }
-            other => Err(ApiError::new(
-                ErrorKind::UnknownOperation,
-                format!("Operation {other} is not supported"),
-            )),
-        }
     }
 
     /// Now, ms since the Unix epoch.
@@ -346,65 +246,6 @@ pub(super) fn created(ms: u64) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{LogStore, ManualClock, StoreConfig};
-
-    async fn call(
-        api: &Api<LogStore>,
-        op: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, ApiError> {
-        let bytes = api.call(op, Encoding::Json, &serde_json::to_vec(&body).expect("json")).await?;
-        Ok(serde_json::from_slice(&bytes).expect("answer is JSON"))
-    }
-
-    #[tokio::test]
-    async fn iterators_and_list_shards_tokens_expire_after_five_minutes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path(), StoreConfig::default()).await.expect("open");
-        let clock = ManualClock::new(1_000_000);
-        let api = Api::new(store.clone(), TokenSigner::ephemeral(), ApiConfig::default())
-            .with_clock(Arc::new(clock.clone()));
-        call(&api, "CreateStream", serde_json::json!({"StreamName": "s", "ShardCount": 2}))
-            .await
-            .expect("create");
-        let it = call(
-            &api,
-            "GetShardIterator",
-            serde_json::json!({"StreamName": "s", "ShardId": "shardId-000000000000", "ShardIteratorType": "LATEST"}),
-        )
-        .await
-        .expect("iterator")["ShardIterator"]
-            .clone();
-        let page =
-            call(&api, "ListShards", serde_json::json!({"StreamName": "s", "MaxResults": 1}))
-                .await
-                .expect("ListShards");
-        let token = page["NextToken"].clone();
-        // Exactly five minutes later both still work.
-        clock.advance(300_000);
-        let r = call(&api, "GetRecords", serde_json::json!({"ShardIterator": it}))
-            .await
-            .expect("valid");
-        assert!(r["NextShardIterator"].is_string());
-        call(&api, "ListShards", serde_json::json!({"NextToken": token}))
-            .await
-            .expect("valid token");
-        // One millisecond more and they have expired, by name.
-        clock.advance(1);
-        let e = call(&api, "GetRecords", serde_json::json!({"ShardIterator": it}))
-            .await
-            .expect_err("expired");
-        assert_eq!(e.kind, ErrorKind::ExpiredIterator, "{e}");
-        let e = call(&api, "ListShards", serde_json::json!({"NextToken": token}))
-            .await
-            .expect_err("expired");
-        assert_eq!(e.kind, ErrorKind::ExpiredNextToken, "{e}");
-        // The NextShardIterator of a fresh read is good for five more minutes.
-        let fresh = r["NextShardIterator"].clone();
-        let e = call(&api, "GetRecords", serde_json::json!({"ShardIterator": fresh})).await;
-        assert!(e.is_ok(), "{e:?}");
-        store.close().await;
-    }
 
     #[test]
     fn hash_keys_and_names_are_checked_like_aws() {
