@@ -20,6 +20,7 @@ mod reshard;
 pub mod retention;
 mod router;
 pub mod segment;
+mod segment_file;
 pub mod sequence;
 pub mod shard;
 mod stream;
