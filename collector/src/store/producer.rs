@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::durable;
-use super::segment::SegmentError;
+use super::error::SegmentError;
 
 /// Longest producer id, in bytes (the wire format's limit).
 pub const MAX_PRODUCER_ID_BYTES: usize = 64;

@@ -85,14 +85,16 @@
 //! rebuilt from the log only when it is missing or malformed.
 
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 use bytestring::ByteString;
 
-use weir_wire::MAX_PRODUCER_ID_BYTES;
+use weir_wire::batch::MAX_PRODUCER_ID_BYTES;
+
+pub use super::backend::NewRecord;
+pub use super::error::SegmentError;
 
 /// Magic bytes that open every batch.
 pub const BATCH_MAGIC: [u8; 4] = *b"WRB1";
@@ -115,53 +117,14 @@ const FLAG_PRODUCER_TS: u8 = 2;
 const FLAG_PRODUCER_TAG: u8 = 4;
 const KNOWN_FLAGS: u8 = FLAG_EXPLICIT_HASH | FLAG_PRODUCER_TS | FLAG_PRODUCER_TAG;
 
-/// Errors of the segment layer.
-#[derive(Debug, thiserror::Error)]
-pub enum SegmentError {
-    /// An I/O operation on a segment file failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// A batch failed its checks (CRC, framing, bounds) where it must be whole.
-    #[error("corrupt batch in {path} at byte {position}: {reason}")]
-    Corrupt {
-        /// The `.log` file.
-        path: PathBuf,
-        /// Byte position of the batch in the file.
-        position: u64,
-        /// What check failed.
-        reason: &'static str,
-    },
-}
+/// One record as it is written into a batch: the boundary's [`NewRecord`]
+/// (the format takes the record the store is given, it defines none of its
+/// own). The name is kept for the format's tools and tests.
+pub type RecordIn = NewRecord;
 
-impl SegmentError {
-    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        Self::Io { op, path: path.to_path_buf(), source }
-    }
-}
-
-/// One record as it is written into a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordIn {
-    /// Partition key (validated by the caller: 1 to 256 characters).
-    pub partition_key: String,
-    /// The data blob (at most 1 MiB).
-    pub data: Bytes,
-    /// The producer's explicit hash key, if it gave one.
-    pub explicit_hash_key: Option<u128>,
-    /// The producer's own timestamp, if it gave one.
-    pub producer_timestamp_ms: Option<u64>,
-}
-
-impl RecordIn {
-    /// Bytes this record takes inside a batch.
+impl NewRecord {
+    /// Bytes this record takes inside a batch (see the layout above); what
+    /// an append's size is measured in.
     pub fn encoded_len(&self) -> usize {
         RECORD_HEADER_BYTES
             + if self.explicit_hash_key.is_some() { 16 } else { 0 }
@@ -245,7 +208,7 @@ pub struct ProducerTag<'a> {
 }
 
 /// Appends the encoding of one batch to `out`.
-pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, arrival_ms: u64, records: &[&RecordIn]) {
+pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, arrival_ms: u64, records: &[&NewRecord]) {
     encode_tagged_batch(out, base_offset, arrival_ms, records, &[]);
 }
 
@@ -255,7 +218,7 @@ pub fn encode_tagged_batch(
     out: &mut Vec<u8>,
     base_offset: u64,
     arrival_ms: u64,
-    records: &[&RecordIn],
+    records: &[&NewRecord],
     tags: &[(usize, ProducerTag<'_>)],
 ) {
     let start = out.len();

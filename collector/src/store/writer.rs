@@ -21,11 +21,12 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use super::backend::NewRecord;
 use super::clock::Clock;
 use super::config::{FsyncPolicy, StoreConfig};
 use super::error::StoreError;
 use super::producer::{self, ProducerBatch, ProducerTable};
-use super::segment::{self, IndexEntry, ProducerTag, RecordIn};
+use super::segment::{self, IndexEntry, ProducerTag};
 use super::segment_file::{Segment, sync_dir};
 use super::shard::ShardShared;
 
@@ -46,7 +47,7 @@ pub(crate) enum AppendReply {
     /// Written, and durable under the policy: first offset, arrival time.
     Done { first_offset: u64, arrival_ms: u64 },
     /// The shard closed before these records were written: route them again.
-    Closed(Vec<RecordIn>),
+    Closed(Vec<NewRecord>),
     /// The shard already holds this producer batch: nothing was appended.
     Duplicate,
     /// The shard failed.
@@ -60,7 +61,7 @@ pub(crate) enum AppendReply {
 /// [`AppendReply::Closed`] so the appender routes them again: an append is
 /// never lost between a shard's close and its children's start.
 struct PendingAppend {
-    records: Vec<RecordIn>,
+    records: Vec<NewRecord>,
     tag: Option<ProducerBatch>,
     reply: Option<oneshot::Sender<AppendReply>>,
 }
@@ -136,11 +137,11 @@ impl Writer {
     /// [`AppendReply::Duplicate`].
     pub async fn submit(
         &self,
-        records: Vec<RecordIn>,
+        records: Vec<NewRecord>,
         tag: Option<ProducerBatch>,
     ) -> oneshot::Receiver<AppendReply> {
         let (reply, rx) = oneshot::channel();
-        let bytes = records.iter().map(RecordIn::encoded_len).sum();
+        let bytes = records.iter().map(NewRecord::encoded_len).sum();
         let append = PendingAppend { records, tag, reply: Some(reply) };
         // Without a permit (the writer is closing) or a queue (it has
         // stopped), dropping `append` hands the records back.
@@ -366,7 +367,7 @@ impl WriterState {
         group: &[Request],
         duplicate: &[bool],
     ) -> Result<(u64, u64), StoreError> {
-        let mut records: Vec<&RecordIn> = Vec::new();
+        let mut records: Vec<&NewRecord> = Vec::new();
         let mut tags: Vec<(usize, ProducerTag<'_>)> = Vec::new();
         for (r, dup) in group.iter().zip(duplicate) {
             if let (Request::Append { append, .. }, false) = (r, dup) {
