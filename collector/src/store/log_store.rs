@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
 use weir_wire::HashRange;
+use weir_wire::batch::MAX_PRODUCER_ID_BYTES;
 
 use super::backend::{
     Appended, CreateStreamOptions, MAX_RETENTION_HOURS, MAX_SHARDS_PER_STREAM, MIN_RETENTION_HOURS,
@@ -34,7 +35,7 @@ use super::config::StoreConfig;
 use super::data_dir;
 use super::env::{StoreEnv, blocking, remove_dir_if_exists};
 use super::error::StoreError;
-use super::producer::{MAX_PRODUCER_ID_BYTES, ProducerBatch};
+use super::producer::ProducerBatch;
 use super::reshard;
 use super::retention::{self, RetentionReport};
 use super::router::{self, AppendResults};

@@ -45,14 +45,12 @@ use std::path::{Path, PathBuf};
 use super::durable;
 use super::error::SegmentError;
 
-/// Longest producer id, in bytes (the wire format's limit).
-pub const MAX_PRODUCER_ID_BYTES: usize = 64;
 const SNAPSHOT_MAGIC: [u8; 4] = *b"WRP1";
 
 /// Identifies one batch of an idempotent producer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProducerBatch {
-    /// The producer (1 to 64 bytes).
+    /// The producer (1 to [`MAX_PRODUCER_ID_BYTES`](weir_wire::batch::MAX_PRODUCER_ID_BYTES) bytes, the wire format's limit).
     pub producer_id: String,
     /// Its batch sequence number; increases with every new batch.
     pub batch_seq: u64,
