@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock, Weak};
 
 use weir_wire::HashRange;
 use weir_wire::batch::MAX_PRODUCER_ID_BYTES;
+use weir_wire::validate::MAX_STREAM_NAME_CHARS;
 
 use super::backend::{
     Appended, CreateStreamOptions, MAX_RETENTION_HOURS, MAX_SHARDS_PER_STREAM, MIN_RETENTION_HOURS,
@@ -58,16 +59,13 @@ pub struct LogStore {
     inner: Arc<Inner>,
 }
 
+/// The wire crate's stream-name rule, refused in the store's words.
 fn validate_stream_name(name: &str) -> Result<(), StoreError> {
-    let ok = (1..=128).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidArgument(format!(
-            "stream name {name:?} must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'"
-        )))
-    }
+    weir_wire::validate::validate_stream_name(name).map_err(|_| {
+        StoreError::InvalidArgument(format!(
+            "stream name {name:?} must be 1 to {MAX_STREAM_NAME_CHARS} characters of a-z, A-Z, 0-9, '_', '.', '-'"
+        ))
+    })
 }
 
 fn validate_retention(hours: u32) -> Result<(), StoreError> {
