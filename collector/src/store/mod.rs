@@ -10,7 +10,6 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 mod data_dir;
-pub mod durable;
 mod env;
 pub mod error;
 pub mod log_store;

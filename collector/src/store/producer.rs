@@ -42,8 +42,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::durable;
 use super::error::SegmentError;
+use weir_wire::durable_file;
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"WRP1";
 
@@ -109,7 +109,7 @@ pub fn write_snapshot(
     }
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    durable::replace_file(dir, &path, &bytes)
+    durable_file::replace_file(&path, &bytes)
         .map_err(|e| SegmentError::io("write producer snapshot", &path, e))
 }
 

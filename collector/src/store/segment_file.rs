@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use weir_wire::durable_file;
 
-use super::durable;
 use super::producer;
 use super::segment::{
     self, BATCH_HEADER_BYTES, BATCH_MAGIC, BatchHeader, INDEX_ENTRY_BYTES, IndexEntry, SegmentError,
@@ -280,7 +280,7 @@ impl Segment {
 /// fsyncs a shard directory so that segment files created, renamed or
 /// deleted in it stay so.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SegmentError> {
-    durable::sync_dir(dir).map_err(|e| SegmentError::io("fsync directory", dir, e))
+    durable_file::sync_dir(dir).map_err(|e| SegmentError::io("fsync directory", dir, e))
 }
 
 fn file_len(f: &File, path: &Path) -> Result<u64, SegmentError> {
