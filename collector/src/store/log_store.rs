@@ -13,7 +13,7 @@
 //! up, holds the catalog lock, and hands the work to the parts, each a free
 //! function over the state it needs: `data_dir::open` (start-up),
 //! `router::append`, `reshard::{split, merge, update_shard_count}` and
-//! `retention::enforce`, which take a [`StreamState`] and the [`StoreEnv`]
+//! `retention::enforce`, which take a `StreamState` and the `StoreEnv`
 //! (data directory, configuration, clock) and never the store itself.
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@
 //! ones is kept in place (reads report it). The producer table of an open
 //! shard is rebuilt from the last segment's snapshot and that segment's tags.
 //! The byte layout is in `segment`'s header; the files are reached only
-//! through `segment_file`'s [`Segment`] handle.
+//! through `segment_file`'s `Segment` handle.
 
 use std::path::Path;
 use std::sync::Arc;

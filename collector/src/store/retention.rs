@@ -1,6 +1,6 @@
 //! Retention: deletes whole segments whose newest record is older than the
 //! stream's retention period, and closed shards left with no record; never
-//! anything younger. The store runs [`enforce`] every
+//! anything younger. The store runs `enforce` every
 //! `retention_check_interval`; tests call
 //! [`LogStore::enforce_retention`](super::LogStore::enforce_retention) after
 //! moving an injected clock.
