@@ -118,7 +118,7 @@ impl From<SegmentError> for StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(super) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { op, path: path.into(), source: Arc::new(source) }
     }
 }
@@ -150,7 +150,7 @@ pub enum SegmentError {
 }
 
 impl SegmentError {
-    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+    pub(super) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         Self::Io { op, path: path.to_path_buf(), source }
     }
 }

@@ -445,7 +445,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
 }
 
 /// Reads index entry `i` of an index file.
-pub(crate) fn read_index_entry(
+pub(super) fn read_index_entry(
     index: &File,
     path: &Path,
     i: u64,

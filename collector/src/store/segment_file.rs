@@ -30,7 +30,7 @@ const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// One segment as readers and the writer share it.
 #[derive(Debug)]
-pub(crate) struct Segment {
+pub(super) struct Segment {
     base_offset: u64,
     log_path: PathBuf,
     index_path: PathBuf,

@@ -44,7 +44,7 @@ pub fn parse_shard_id(id: &str) -> Option<u64> {
 
 /// What a shard shares between its writer thread, readers and the store.
 #[derive(Debug)]
-pub(crate) struct ShardShared {
+pub(super) struct ShardShared {
     pub stream: String,
     pub index: u64,
     pub id: String,
@@ -58,7 +58,7 @@ pub(crate) struct ShardShared {
 
 /// Records read from a shard.
 #[derive(Debug)]
-pub(crate) struct ShardRead {
+pub(super) struct ShardRead {
     pub records: Vec<StoredRecord>,
     pub next_offset: u64,
     pub end_offset: u64,
@@ -389,6 +389,6 @@ fn stored_record(shard_index: u64, r: RecordOut) -> StoredRecord {
 }
 
 /// The sequence number of `offset` in shard `index`.
-pub(crate) fn sequence_of(index: u64, offset: u64) -> SequenceNumber {
+pub(super) fn sequence_of(index: u64, offset: u64) -> SequenceNumber {
     SequenceNumber::new(index, offset)
 }

@@ -43,7 +43,7 @@ pub const MAX_APPEND_BYTES: usize = 6 * 1024 * 1024;
 
 /// What an appender gets back.
 #[derive(Debug)]
-pub(crate) enum AppendReply {
+pub(super) enum AppendReply {
     /// Written, and durable under the policy: first offset, arrival time.
     Done { first_offset: u64, arrival_ms: u64 },
     /// The shard closed before these records were written: route them again.
@@ -102,7 +102,7 @@ enum Request {
 /// The handle appenders use to reach a shard's writer thread. Dropping it
 /// ends the thread (after a final sync) once the queue is empty.
 #[derive(Debug)]
-pub(crate) struct Writer {
+pub(super) struct Writer {
     tx: mpsc::Sender<Request>,
     permits: Arc<Semaphore>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
