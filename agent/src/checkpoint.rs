@@ -32,7 +32,7 @@
 //! checkpoint-only entry (no records, nothing to send).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -184,27 +184,8 @@ impl Table {
             })
             .collect();
         let bytes = serde_json::to_vec_pretty(&view).map_err(io::Error::other)?;
-        write_atomically(path, &bytes)
+        weir_wire::durable_file::replace_file(path, &bytes)
     }
-}
-
-/// Replaces `path` with `bytes`: temp file, fsync, rename, fsync of the
-/// directory.
-///
-/// # Errors
-/// The file operations.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,8 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use weir_wire::MAX_PRODUCER_ID_BYTES;
-
-use crate::checkpoint::write_atomically;
+use weir_wire::durable_file;
 
 /// Name of the instance id file in the spool directory.
 pub const INSTANCE_FILE: &str = "instance-id";
@@ -70,7 +69,7 @@ pub fn instance_id(spool_dir: &Path, had_entries: bool) -> Result<String, Produc
             if had_entries {
                 tracing::warn!(path = %path.display(), "spool has history but no instance id: new batches get a new producer id");
             }
-            write_atomically(&path, format!("{id}\n").as_bytes())
+            durable_file::replace_file(&path, format!("{id}\n").as_bytes())
                 .map_err(|source| ProducerError::Io { path: path.clone(), source })?;
             tracing::info!(instance = %id, "new spool instance");
             Ok(id)

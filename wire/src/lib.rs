@@ -22,7 +22,8 @@
 //! [`DecodeError`] or [`FrameError`] value.
 //!
 //! The crate is `#![no_std]` and allocation-free by default so firmware can use
-//! it; the `alloc`/`std` features add owned types for hosts.
+//! it; the `alloc`/`std` features add owned types for hosts, and `std` adds
+//! [`durable_file`], the atomic file replacement both host binaries use.
 #![no_std]
 
 #[cfg(feature = "alloc")]
@@ -32,6 +33,8 @@ extern crate std;
 
 pub mod backoff;
 pub mod batch;
+#[cfg(all(feature = "std", unix))]
+pub mod durable_file;
 pub mod envelope;
 pub mod error;
 pub mod frame;

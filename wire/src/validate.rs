@@ -107,6 +107,60 @@ pub fn validate_data(data: &[u8]) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Longest stream name (Kinesis's limit), in characters; the allowed
+/// characters are ASCII, so also in bytes.
+pub const MAX_STREAM_NAME_CHARS: usize = 128;
+
+/// Why a stream name was refused. Kinesis's rule: 1 to
+/// [`MAX_STREAM_NAME_CHARS`] of `a-z A-Z 0-9 _ . -`. The agent checks its
+/// configuration and the collector its streams with this one rule, each
+/// wording the refusal its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamNameError {
+    /// The name is empty or longer than [`MAX_STREAM_NAME_CHARS`].
+    Length {
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// The name holds a byte outside `a-z A-Z 0-9 _ . -`.
+    Character {
+        /// Where the first such byte is.
+        position: usize,
+    },
+}
+
+impl fmt::Display for StreamNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Length { bytes } => write!(
+                f,
+                "stream name is {bytes} bytes, not 1 to {MAX_STREAM_NAME_CHARS} characters"
+            ),
+            Self::Character { position } => write!(
+                f,
+                "stream name has a character other than a-z A-Z 0-9 _ . - at byte {position}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for StreamNameError {}
+
+/// Checks a stream name: 1 to [`MAX_STREAM_NAME_CHARS`] of `a-z A-Z 0-9 _ . -`.
+///
+/// # Errors
+/// [`StreamNameError::Length`] or [`StreamNameError::Character`].
+pub fn validate_stream_name(name: &str) -> Result<(), StreamNameError> {
+    if !(1..=MAX_STREAM_NAME_CHARS).contains(&name.len()) {
+        return Err(StreamNameError::Length { bytes: name.len() });
+    }
+    match name.bytes().position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')))
+    {
+        Some(position) => Err(StreamNameError::Character { position }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +192,17 @@ mod tests {
             validate_data(&BIG[..]),
             Err(ValidationError::DataTooLarge { bytes: MAX_DATA_BYTES + 1 })
         );
+    }
+
+    #[test]
+    fn stream_names_follow_kinesis_rule() {
+        assert_eq!(validate_stream_name("a-b_c.D9"), Ok(()));
+        assert_eq!(validate_stream_name(""), Err(StreamNameError::Length { bytes: 0 }));
+        let long = [b's'; MAX_STREAM_NAME_CHARS + 1];
+        let long = core::str::from_utf8(&long).expect("ascii");
+        assert_eq!(validate_stream_name(&long[..MAX_STREAM_NAME_CHARS]), Ok(()));
+        assert_eq!(validate_stream_name(long), Err(StreamNameError::Length { bytes: 129 }));
+        assert_eq!(validate_stream_name("a/b"), Err(StreamNameError::Character { position: 1 }));
+        assert_eq!(validate_stream_name("é"), Err(StreamNameError::Character { position: 0 }));
     }
 }

@@ -18,8 +18,8 @@ pub const STATUS_FILE_NAME: &str = "status.json";
 pub const CHECKPOINT_FILE_NAME: &str = "checkpoints.json";
 /// Longest device id (it becomes a client id and part of partition keys).
 pub const MAX_DEVICE_ID_CHARS: usize = 64;
-/// Longest stream name (Kinesis's limit).
-pub const MAX_STREAM_NAME_CHARS: usize = 128;
+/// Longest stream name (Kinesis's limit, the wire crate's rule).
+pub const MAX_STREAM_NAME_CHARS: usize = weir_wire::validate::MAX_STREAM_NAME_CHARS;
 /// Smallest spool: a few batches must fit.
 pub const MIN_SPOOL_BYTES: u64 = 1024 * 1024;
 

@@ -150,8 +150,7 @@ fn valid_device_id(id: &str) -> bool {
 
 /// Checks a stream name: 1 to 128 of `a-z A-Z 0-9 _ . -` (Kinesis's rule).
 pub fn valid_stream_name(name: &str) -> bool {
-    (1..=MAX_STREAM_NAME_CHARS).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    weir_wire::validate::validate_stream_name(name).is_ok()
 }
 
 /// Splits `mqtts://host:port` into its parts.

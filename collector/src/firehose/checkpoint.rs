@@ -69,7 +69,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::FirehoseError;
-use crate::store::durable;
+use weir_wire::durable_file;
 
 /// The checkpoint format version written.
 pub const CHECKPOINT_VERSION: u32 = 2;
@@ -219,7 +219,7 @@ impl Checkpoint {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(|e| io("creating directory", e))?;
-        durable::replace_file(&dir, path, &bytes).map_err(|e| io("writing", e))
+        durable_file::replace_file(path, &bytes).map_err(|e| io("writing", e))
     }
 }
 

@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::FirehoseError;
 use crate::store::SequenceNumber;
-use crate::store::durable::sync_dir;
+use weir_wire::durable_file::sync_dir;
 
 /// Suffix of objects being written.
 pub const TEMP_SUFFIX: &str = ".tmp";

@@ -323,8 +323,7 @@ impl Manager {
             io("encoding", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
         // It can hold S3 secret keys and HTTP endpoint access keys.
-        crate::store::durable::replace_private_file(&dir, &path, &bytes)
-            .map_err(io("replacing", &path))
+        weir_wire::durable_file::replace_private_file(&path, &bytes).map_err(io("replacing", &path))
     }
 
     async fn launch(&self, spec: DeliverySpec, from_config: bool) -> Result<Running, ManagerError> {

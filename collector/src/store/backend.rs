@@ -15,7 +15,6 @@ use weir_wire::HashRange;
 use super::catalog::StreamStatus;
 use super::error::StoreError;
 pub use super::producer::ProducerBatch;
-use super::segment::RecordIn;
 use super::sequence::SequenceNumber;
 
 /// Limits of one read.
@@ -29,7 +28,17 @@ pub struct ReadLimits {
 }
 
 /// A record to append.
-pub type NewRecord = RecordIn;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Partition key (1 to 256 characters, checked by the store).
+    pub partition_key: String,
+    /// The data blob (at most 1 MiB).
+    pub data: Bytes,
+    /// The producer's explicit hash key, if it gave one.
+    pub explicit_hash_key: Option<u128>,
+    /// The producer's own timestamp, if it gave one.
+    pub producer_timestamp_ms: Option<u64>,
+}
 
 /// Options of a new stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weir_wire::HashRange;
 
-use super::durable;
 use super::error::StoreError;
+use weir_wire::durable_file;
 
 /// Version of the catalog's JSON layout.
 pub const CATALOG_VERSION: u32 = 1;
@@ -225,7 +225,7 @@ impl Catalog {
         let path = dir.join(FILE_NAME);
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| StoreError::io("encode", &path, std::io::Error::other(e)))?;
-        durable::replace_file(dir, &path, &text).map_err(|e| StoreError::io("write", path, e))
+        durable_file::replace_file(&path, &text).map_err(|e| StoreError::io("write", path, e))
     }
 
     /// The directory holding a stream's shards.

@@ -1,9 +1,10 @@
-//! Errors of the stream store.
+//! Errors of the stream store: [`StoreError`], what every store operation
+//! answers, and [`SegmentError`], what the segment files' layer (`segment`,
+//! `segment_file`, `recovery`, `producer`) reports and `StoreError` wraps.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use super::segment::SegmentError;
 
 /// What went wrong in a store operation.
 ///
@@ -117,7 +118,39 @@ impl From<SegmentError> for StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(super) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { op, path: path.into(), source: Arc::new(source) }
+    }
+}
+
+/// Errors of the segment layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// An I/O operation on a segment file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A batch failed its checks (CRC, framing, bounds) where it must be whole.
+    #[error("corrupt batch in {path} at byte {position}: {reason}")]
+    Corrupt {
+        /// The `.log` file.
+        path: PathBuf,
+        /// Byte position of the batch in the file.
+        position: u64,
+        /// What check failed.
+        reason: &'static str,
+    },
+}
+
+impl SegmentError {
+    pub(super) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Self::Io { op, path: path.to_path_buf(), source }
     }
 }

@@ -1,14 +1,6 @@
 //! The embedded stream store: streams of sharded segment logs in a local
 //! data directory.
 //!
-//! ```text
-//! <data-dir>/
-//!   LOCK                      held (flock) while a store has the directory open
-//!   catalog.json              streams, shards, lineage (see `catalog`)
-//!   streams/<stream id>/shard-<index:012>/<base:020>.log|.index  (see `segment`)
-//!   api-token.key             not the store's: the Kinesis API's token key (see `api::token`)
-//! ```
-//!
 //! Metadata operations (create, delete, reshard, retention changes) are
 //! serialised by one async mutex around the catalog; appends and reads never
 //! take it. Appends find their shard in a routing table (the open shards by
@@ -16,74 +8,67 @@
 //! shard, appends queued behind the close come back and are routed again on
 //! the new table, so no acknowledged record lands in a closed shard and none
 //! is lost in the switch.
+//!
+//! This file is the whole `impl LogStore`: it checks arguments, looks streams
+//! up, holds the catalog lock, and hands the work to the parts, each a free
+//! function over the state it needs: `data_dir::open` (start-up),
+//! `router::append`, `reshard::{split, merge, update_shard_count}` and
+//! `retention::enforce`, which take a `StreamState` and the `StoreEnv`
+//! (data directory, configuration, clock) and never the store itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
-use tokio::sync::watch;
 use weir_wire::HashRange;
+use weir_wire::batch::MAX_PRODUCER_ID_BYTES;
+use weir_wire::validate::MAX_STREAM_NAME_CHARS;
 
 use super::backend::{
     Appended, CreateStreamOptions, MAX_RETENTION_HOURS, MAX_SHARDS_PER_STREAM, MIN_RETENTION_HOURS,
     NewRecord, ReadBatch, ReadLimits, SettingsChange, ShardLifetime, ShardPosition,
     StartingPosition, StreamDescription, StreamDetails, StreamSettings, StreamStore,
 };
-use super::catalog::{
-    Catalog, MAX_TAGS_PER_STREAM, ShardMeta, StreamMeta, StreamStatus, shard_dir,
-};
+use super::catalog::{Catalog, MAX_TAGS_PER_STREAM, ShardMeta, StreamMeta, StreamStatus};
 use super::clock::{Clock, SystemClock};
 use super::config::StoreConfig;
+use super::data_dir;
+use super::env::{StoreEnv, blocking, remove_dir_if_exists};
 use super::error::StoreError;
-use super::producer::{MAX_PRODUCER_ID_BYTES, ProducerBatch, ProducerTable};
-use super::router::Routing;
-use super::shard::{ShardShared, parse_shard_id, shard_id};
-use super::stream::{ShardHandle, StreamState, children_of, describe};
-use super::throttle::WriteLimiter;
-use super::writer::Writer;
+use super::producer::ProducerBatch;
+use super::reshard;
+use super::retention::{self, RetentionReport};
+use super::router::{self, AppendResults};
+use super::sequence::SequenceNumber;
+use super::shard::{parse_shard_id, shard_id};
+use super::stream::{StreamState, describe};
 
+/// What every clone of a [`LogStore`] shares.
 #[derive(Debug)]
-pub(super) struct Inner {
-    pub(super) root: PathBuf,
-    pub(super) config: StoreConfig,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) catalog: tokio::sync::Mutex<Catalog>,
-    pub(super) streams: RwLock<HashMap<String, Arc<StreamState>>>,
-    pub(super) _lock: File,
+struct Inner {
+    env: StoreEnv,
+    catalog: tokio::sync::Mutex<Catalog>,
+    streams: RwLock<HashMap<String, Arc<StreamState>>>,
+    _lock: File,
 }
 
 /// The embedded store. Cheap to clone; all clones share one store.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    pub(super) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(super) fn lock_error(path: &Path, e: std::fs::TryLockError) -> StoreError {
-    let source = match e {
-        std::fs::TryLockError::WouldBlock => std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            "another process has this data directory open",
-        ),
-        std::fs::TryLockError::Error(e) => e,
-    };
-    StoreError::io("lock", path, source)
+/// The wire crate's stream-name rule, refused in the store's words.
+fn validate_stream_name(name: &str) -> Result<(), StoreError> {
+    weir_wire::validate::validate_stream_name(name).map_err(|_| {
+        StoreError::InvalidArgument(format!(
+            "stream name {name:?} must be 1 to {MAX_STREAM_NAME_CHARS} characters of a-z, A-Z, 0-9, '_', '.', '-'"
+        ))
+    })
 }
 
-pub(super) fn validate_stream_name(name: &str) -> Result<(), StoreError> {
-    let ok = (1..=128).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidArgument(format!(
-            "stream name {name:?} must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'"
-        )))
-    }
-}
-
-pub(super) fn validate_retention(hours: u32) -> Result<(), StoreError> {
+fn validate_retention(hours: u32) -> Result<(), StoreError> {
     if (MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
         Ok(())
     } else {
@@ -91,12 +76,6 @@ pub(super) fn validate_retention(hours: u32) -> Result<(), StoreError> {
             "retention {hours} h is outside {MIN_RETENTION_HOURS}..={MAX_RETENTION_HOURS} h"
         )))
     }
-}
-
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| StoreError::ShuttingDown)?
 }
 
 impl LogStore {
@@ -120,32 +99,29 @@ impl LogStore {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         config.validate().map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-        let root = root.into();
-        let (catalog, lock, streams) = {
-            let root = root.clone();
-            let config = config.clone();
-            let clock = clock.clone();
-            blocking(move || recover(&root, &config, clock)).await?
-        };
+        let every = config.retention_check_interval;
+        let env = StoreEnv::new(root.into(), config, clock);
+        let (env, opened) = blocking(move || {
+            let opened = data_dir::open(&env)?;
+            Ok((env, opened))
+        })
+        .await?;
         let inner = Arc::new(Inner {
-            root,
-            config,
-            clock,
-            catalog: tokio::sync::Mutex::new(catalog),
-            streams: RwLock::new(streams),
-            _lock: lock,
+            env,
+            catalog: tokio::sync::Mutex::new(opened.catalog),
+            streams: RwLock::new(opened.streams),
+            _lock: opened.lock,
         });
-        let store = Self { inner };
-        store.spawn_retention_task();
-        Ok(store)
+        spawn_retention_task(Arc::downgrade(&inner), every);
+        Ok(Self { inner })
     }
 
     /// The data directory.
     pub fn root(&self) -> &Path {
-        &self.inner.root
+        self.inner.env.root()
     }
 
-    pub(super) fn stream(&self, name: &str) -> Result<Arc<StreamState>, StoreError> {
+    fn stream(&self, name: &str) -> Result<Arc<StreamState>, StoreError> {
         self.inner
             .streams
             .read()
@@ -154,152 +130,61 @@ impl LogStore {
             .ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))
     }
 
+    fn all_streams(&self) -> Vec<Arc<StreamState>> {
+        self.inner.streams.read().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
     /// Stops every writer after it has written and synced what it was given.
     pub async fn close(&self) {
-        let streams: Vec<Arc<StreamState>> =
-            self.inner.streams.read().map(|s| s.values().cloned().collect()).unwrap_or_default();
-        for stream in streams {
+        for stream in self.all_streams() {
             for h in stream.all_shards() {
                 if let Err(e) = h.close_writer().await {
-                    tracing::warn!(stream = %stream.name, shard = %h.shared.id, error = %e, "closing shard writer");
+                    tracing::warn!(stream = %stream.name(), shard = %h.shared().id, error = %e, "closing shard writer");
                 }
             }
         }
     }
 
-    /// Replaces the catalog with `next` after saving it.
-    pub(super) async fn save_catalog(
-        &self,
-        catalog: &mut Catalog,
-        next: Catalog,
-    ) -> Result<(), StoreError> {
-        let root = self.inner.root.clone();
-        let save = next.clone();
-        blocking(move || save.save(&root)).await?;
-        *catalog = next;
-        Ok(())
+    /// Deletes expired segments and fully expired closed shards of every
+    /// stream (see `retention`). Runs periodically on its own; tests call it
+    /// after moving the clock.
+    ///
+    /// # Errors
+    /// An I/O failure deleting files or saving the catalog.
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, StoreError> {
+        retention::enforce(&self.inner.env, &self.inner.catalog, self.all_streams()).await
     }
 
-    /// Opens new shards' directories and writers (not yet routed).
-    pub(super) async fn open_new_shards(
+    /// Appends through the router; with a producer `tag`, records a shard
+    /// already holds answer `Ok(None)`.
+    async fn append_tagged(
         &self,
-        stream_name: &str,
-        stream_id: u64,
-        indexes: Vec<u64>,
-        seed: Option<ProducerTable>,
-    ) -> Result<Vec<Arc<ShardHandle>>, StoreError> {
-        let mut out = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            let dir = shard_dir(&self.inner.root, stream_id, index);
-            let name = stream_name.to_owned();
-            let seed = seed.clone();
-            let shared = Arc::new(
-                blocking(move || Ok(ShardShared::open(&name, dir, index, None, seed.as_ref())?))
-                    .await?,
-            );
-            let writer =
-                Writer::start(shared.clone(), self.inner.config.clone(), self.inner.clock.clone())?;
-            out.push(Arc::new(ShardHandle {
-                shared,
-                writer: Mutex::new(Some(Arc::new(writer))),
-                closed: Mutex::new(None),
-            }));
-        }
-        Ok(out)
+        stream: &str,
+        records: Vec<NewRecord>,
+        tag: Option<ProducerBatch>,
+    ) -> Result<AppendResults, StoreError> {
+        router::check_size(&records)?;
+        let state = self.stream(stream)?;
+        router::append(&state, self.inner.env.clock(), records, tag).await
     }
 }
 
-/// Opens the data directory: lock, catalog, unfinished deletions, shards.
-#[allow(clippy::type_complexity)]
-fn recover(
-    root: &Path,
-    config: &StoreConfig,
-    clock: Arc<dyn Clock>,
-) -> Result<(Catalog, File, HashMap<String, Arc<StreamState>>), StoreError> {
-    std::fs::create_dir_all(root.join("streams"))
-        .map_err(|e| StoreError::io("create directory", root, e))?;
-    let lock_path = root.join("LOCK");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StoreError::io("open", &lock_path, e))?;
-    lock.try_lock().map_err(|e| lock_error(&lock_path, e))?;
-    let mut catalog = Catalog::load(root)?;
-    // Finish deletions a crash interrupted, and drop directories of streams
-    // the catalog does not know (a create that crashed before saving).
-    let deleting: Vec<u64> = catalog
-        .streams
-        .iter()
-        .filter(|s| s.status == StreamStatus::Deleting)
-        .map(|s| s.id)
-        .collect();
-    for id in &deleting {
-        remove_dir_if_exists(&Catalog::stream_dir(root, *id))?;
-    }
-    if !deleting.is_empty() {
-        catalog.streams.retain(|s| s.status != StreamStatus::Deleting);
-        catalog.save(root)?;
-    }
-    let streams_dir = root.join("streams");
-    let listing =
-        std::fs::read_dir(&streams_dir).map_err(|e| StoreError::io("list", &streams_dir, e))?;
-    for entry in listing.flatten() {
-        let known = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|id| catalog.streams.iter().any(|s| s.id == id));
-        if !known {
-            tracing::warn!(dir = %entry.path().display(), "removing a stream directory the catalog does not know");
-            remove_dir_if_exists(&entry.path())?;
+/// Runs a retention pass every `every` while the store is open.
+fn spawn_retention_task(store: Weak<Inner>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = store.upgrade() else { return };
+            if let Err(e) = (LogStore { inner }).enforce_retention().await {
+                tracing::warn!(error = %e, "retention pass failed");
+            }
         }
-    }
-    let mut streams = HashMap::new();
-    for meta in &catalog.streams {
-        let mut shards = BTreeMap::new();
-        for s in &meta.shards {
-            let dir = shard_dir(root, meta.id, s.index);
-            let shared = Arc::new(ShardShared::open(
-                &meta.name,
-                dir,
-                s.index,
-                s.closed.map(|c| c.end_offset),
-                None,
-            )?);
-            let writer = if s.is_open() {
-                Some(Arc::new(Writer::start(shared.clone(), config.clone(), clock.clone())?))
-            } else {
-                None
-            };
-            let closed = s.closed.map(|c| (c.end_offset, children_of(meta, s.index)));
-            shards.insert(
-                s.index,
-                Arc::new(ShardHandle {
-                    shared,
-                    writer: Mutex::new(writer),
-                    closed: Mutex::new(closed),
-                }),
-            );
-        }
-        let state = Arc::new(StreamState {
-            id: meta.id,
-            name: meta.name.clone(),
-            retention_ms: AtomicU64::new(u64::from(meta.retention_hours) * 3_600_000),
-            routing: watch::Sender::new(Arc::new(Routing::default())),
-            shards: RwLock::new(shards),
-            write_limits: AtomicBool::new(meta.write_limits),
-            limiter: WriteLimiter::default(),
-        });
-        state.publish_routing(meta);
-        streams.insert(meta.name.clone(), state);
-    }
-    tracing::info!(root = %root.display(), streams = streams.len(), "store opened");
-    Ok((catalog, lock, streams))
+    });
 }
 
-pub(super) fn validate_tag_count(count: usize) -> Result<(), StoreError> {
+fn validate_tag_count(count: usize) -> Result<(), StoreError> {
     if count > MAX_TAGS_PER_STREAM {
         return Err(StoreError::LimitExceeded(format!(
             "a stream carries at most {MAX_TAGS_PER_STREAM} tags, {count} asked for"
@@ -310,14 +195,6 @@ pub(super) fn validate_tag_count(count: usize) -> Result<(), StoreError> {
 
 fn settings_of(meta: &StreamMeta) -> StreamSettings {
     StreamSettings { mode: meta.mode, write_limits: meta.write_limits, tags: meta.tags.clone() }
-}
-
-pub(super) fn remove_dir_if_exists(dir: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io("remove", dir, e)),
-    }
 }
 
 impl StreamStore for LogStore {
@@ -343,7 +220,8 @@ impl StreamStore for LogStore {
         let mut next = catalog.clone();
         let id = next.next_stream_id;
         next.next_stream_id += 1;
-        let now = self.inner.clock.now_ms();
+        let env = &self.inner.env;
+        let now = env.now_ms();
         let count = u64::from(options.shard_count);
         let shards = (0..count)
             .map(|i| {
@@ -373,30 +251,21 @@ impl StreamStore for LogStore {
             tags: settings.tags,
         };
         next.streams.push(meta.clone());
-        let handles = match self.open_new_shards(name, id, (0..count).collect(), None).await {
+        let handles = match env.open_new_shards(name, id, (0..count).collect(), None).await {
             Ok(h) => h,
             Err(e) => {
-                let _ = remove_dir_if_exists(&Catalog::stream_dir(&self.inner.root, id));
+                let _ = remove_dir_if_exists(&Catalog::stream_dir(env.root(), id));
                 return Err(e);
             }
         };
-        if let Err(e) = self.save_catalog(&mut catalog, next).await {
+        if let Err(e) = env.save_catalog(&mut catalog, next).await {
             for h in &handles {
                 let _ = h.close_writer().await;
             }
-            let _ = remove_dir_if_exists(&Catalog::stream_dir(&self.inner.root, id));
+            let _ = remove_dir_if_exists(&Catalog::stream_dir(env.root(), id));
             return Err(e);
         }
-        let state = Arc::new(StreamState {
-            id,
-            name: name.to_owned(),
-            retention_ms: AtomicU64::new(u64::from(options.retention_hours) * 3_600_000),
-            routing: watch::Sender::new(Arc::new(Routing::default())),
-            shards: RwLock::new((0..count).zip(handles).collect()),
-            write_limits: AtomicBool::new(meta.write_limits),
-            limiter: WriteLimiter::default(),
-        });
-        state.publish_routing(&meta);
+        let state = Arc::new(StreamState::new(&meta, (0..count).zip(handles).collect()));
         if let Ok(mut streams) = self.inner.streams.write() {
             streams.insert(name.to_owned(), state);
         }
@@ -411,19 +280,19 @@ impl StreamStore for LogStore {
             next.stream_mut(name).ok_or_else(|| StoreError::StreamNotFound(name.to_owned()))?;
         meta.status = StreamStatus::Deleting;
         let id = meta.id;
-        self.save_catalog(&mut catalog, next).await?;
+        self.inner.env.save_catalog(&mut catalog, next).await?;
         let state = self.inner.streams.write().ok().and_then(|mut s| s.remove(name));
         if let Some(state) = state {
-            state.routing.send_replace(Arc::new(Routing::default()));
+            state.unroute();
             for h in state.all_shards() {
                 let _ = h.close_writer().await;
             }
         }
-        let dir = Catalog::stream_dir(&self.inner.root, id);
+        let dir = Catalog::stream_dir(self.inner.env.root(), id);
         blocking(move || remove_dir_if_exists(&dir)).await?;
         let mut next = catalog.clone();
         next.streams.retain(|s| s.id != id);
-        self.save_catalog(&mut catalog, next).await?;
+        self.inner.env.save_catalog(&mut catalog, next).await?;
         tracing::info!(stream = name, "stream deleted");
         Ok(())
     }
@@ -494,9 +363,9 @@ impl StreamStore for LogStore {
             || StoreError::ShardNotFound { stream: stream.to_owned(), shard: shard.to_owned() };
         let index = parse_shard_id(shard).ok_or_else(not_found)?;
         let handle = state.shard(index).ok_or_else(not_found)?;
-        let shared = handle.shared.clone();
+        let shared = handle.shared().clone();
         let end = shared.next_offset();
-        let check_seq = |s: &crate::store::SequenceNumber| {
+        let check_seq = |s: &SequenceNumber| {
             if s.shard_index != index {
                 return Err(StoreError::InvalidArgument(format!(
                     "sequence number {s} belongs to {}, not {shard}",
@@ -519,7 +388,7 @@ impl StreamStore for LogStore {
                 blocking(move || shared.offset_at_time(ts)).await?
             }
         };
-        Ok(ShardPosition { stream_id: state.id, shard_index: index, offset })
+        Ok(ShardPosition { stream_id: state.id(), shard_index: index, offset })
     }
 
     async fn read(
@@ -529,7 +398,7 @@ impl StreamStore for LogStore {
         limits: ReadLimits,
     ) -> Result<ReadBatch, StoreError> {
         let state = self.stream(stream)?;
-        if from.stream_id != state.id {
+        if from.stream_id != state.id() {
             return Err(StoreError::InvalidArgument(format!(
                 "position belongs to an earlier stream named {stream:?}"
             )));
@@ -538,12 +407,12 @@ impl StreamStore for LogStore {
             stream: stream.to_owned(),
             shard: shard_id(from.shard_index),
         })?;
-        let shared = handle.shared.clone();
+        let shared = handle.shared().clone();
         let read = blocking(move || shared.read(from.offset, limits)).await?;
         let last_arrival = read.records.last().map(|r| r.arrival_ms);
         let caught_up = read.next_offset >= read.end_offset;
         let millis_behind_latest = match (caught_up, last_arrival) {
-            (false, Some(t)) => handle.shared.last_arrival_ms().saturating_sub(t),
+            (false, Some(t)) => handle.shared().last_arrival_ms().saturating_sub(t),
             _ => 0,
         };
         let end_of_shard = match handle.closed() {
@@ -571,7 +440,7 @@ impl StreamStore for LogStore {
             stream: stream.to_owned(),
             shard: shard.to_owned(),
         })?;
-        self.split_locked(&mut catalog, &state, index, new_starting_hash_key).await
+        reshard::split(&self.inner.env, &mut catalog, &state, index, new_starting_hash_key).await
     }
 
     async fn merge_shards(
@@ -589,7 +458,7 @@ impl StreamStore for LogStore {
             })
         };
         let (a, b) = (parse(shard)?, parse(adjacent)?);
-        self.merge_locked(&mut catalog, &state, a, b).await
+        reshard::merge(&self.inner.env, &mut catalog, &state, a, b).await
     }
 
     async fn update_shard_count(&self, stream: &str, target: u32) -> Result<(), StoreError> {
@@ -600,43 +469,7 @@ impl StreamStore for LogStore {
         }
         let state = self.stream(stream)?;
         let mut catalog = self.inner.catalog.lock().await;
-        let count = u64::from(target);
-        let targets: Vec<HashRange> = (0..count)
-            .map(|i| {
-                HashRange::uniform(count, i).map_err(|e| StoreError::InvalidArgument(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        // 1. Split wherever a target range starts inside an open shard.
-        for t in targets.iter().skip(1) {
-            let meta = Self::active_meta(&catalog, stream)?;
-            let holder = meta
-                .open_shards()
-                .into_iter()
-                .find(|s| s.range().contains(t.start))
-                .map(|s| (s.index, s.hash_start));
-            if let Some((index, start)) = holder
-                && start != t.start
-            {
-                self.split_locked(&mut catalog, &state, index, t.start).await?;
-            }
-        }
-        // 2. Merge the shards inside each target range into one.
-        for t in &targets {
-            loop {
-                let meta = Self::active_meta(&catalog, stream)?;
-                let inside: Vec<u64> = meta
-                    .open_shards()
-                    .into_iter()
-                    .filter(|s| s.hash_start >= t.start && s.hash_end <= t.end)
-                    .map(|s| s.index)
-                    .collect();
-                if inside.len() < 2 {
-                    break;
-                }
-                self.merge_locked(&mut catalog, &state, inside[0], inside[1]).await?;
-            }
-        }
-        Ok(())
+        reshard::update_shard_count(&self.inner.env, &mut catalog, &state, target).await
     }
 
     async fn set_retention(&self, stream: &str, hours: u32) -> Result<(), StoreError> {
@@ -647,8 +480,8 @@ impl StreamStore for LogStore {
         let meta =
             next.stream_mut(stream).ok_or_else(|| StoreError::StreamNotFound(stream.to_owned()))?;
         meta.retention_hours = hours;
-        self.save_catalog(&mut catalog, next).await?;
-        state.retention_ms.store(u64::from(hours) * 3_600_000, Ordering::Release);
+        self.inner.env.save_catalog(&mut catalog, next).await?;
+        state.set_retention_hours(hours);
         Ok(())
     }
 
@@ -702,8 +535,8 @@ impl StreamStore for LogStore {
         }
         validate_tag_count(meta.tags.len())?;
         let settings = settings_of(meta);
-        self.save_catalog(&mut catalog, next).await?;
-        state.write_limits.store(settings.write_limits, Ordering::Release);
+        self.inner.env.save_catalog(&mut catalog, next).await?;
+        state.set_write_limits(settings.write_limits);
         Ok(settings)
     }
 }

@@ -42,17 +42,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::durable;
-use super::segment::SegmentError;
+use super::error::SegmentError;
+use weir_wire::durable_file;
 
-/// Longest producer id, in bytes (the wire format's limit).
-pub const MAX_PRODUCER_ID_BYTES: usize = 64;
 const SNAPSHOT_MAGIC: [u8; 4] = *b"WRP1";
 
 /// Identifies one batch of an idempotent producer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProducerBatch {
-    /// The producer (1 to 64 bytes).
+    /// The producer (1 to [`MAX_PRODUCER_ID_BYTES`](weir_wire::batch::MAX_PRODUCER_ID_BYTES) bytes, the wire format's limit).
     pub producer_id: String,
     /// Its batch sequence number; increases with every new batch.
     pub batch_seq: u64,
@@ -111,7 +109,7 @@ pub fn write_snapshot(
     }
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    durable::replace_file(dir, &path, &bytes)
+    durable_file::replace_file(&path, &bytes)
         .map_err(|e| SegmentError::io("write producer snapshot", &path, e))
 }
 

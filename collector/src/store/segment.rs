@@ -7,6 +7,11 @@
 //! producer sees is derived from the shard index and the offset
 //! (see [`crate::store::sequence`]).
 //!
+//! This module is the format alone: encoding and decoding batches and index
+//! entries, file names, and listing a shard directory. The open segment files
+//! (append, sync, read, scan at recovery) are `segment_file`'s `Segment`
+//! handle, the only code that reads or writes them for the store.
+//!
 //! # Constraints
 //!
 //! - Appends only: bytes already in a `.log` are never rewritten, except that
@@ -79,15 +84,17 @@
 //! start-up (start-up time does not grow with the data); their index is
 //! rebuilt from the log only when it is missing or malformed.
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 use bytestring::ByteString;
 
-use weir_wire::MAX_PRODUCER_ID_BYTES;
+use weir_wire::batch::MAX_PRODUCER_ID_BYTES;
+
+pub use super::backend::NewRecord;
+pub use super::error::SegmentError;
 
 /// Magic bytes that open every batch.
 pub const BATCH_MAGIC: [u8; 4] = *b"WRB1";
@@ -109,56 +116,15 @@ const FLAG_EXPLICIT_HASH: u8 = 1;
 const FLAG_PRODUCER_TS: u8 = 2;
 const FLAG_PRODUCER_TAG: u8 = 4;
 const KNOWN_FLAGS: u8 = FLAG_EXPLICIT_HASH | FLAG_PRODUCER_TS | FLAG_PRODUCER_TAG;
-/// Size of the read buffer used when scanning a log at recovery.
-const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// Errors of the segment layer.
-#[derive(Debug, thiserror::Error)]
-pub enum SegmentError {
-    /// An I/O operation on a segment file failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// A batch failed its checks (CRC, framing, bounds) where it must be whole.
-    #[error("corrupt batch in {path} at byte {position}: {reason}")]
-    Corrupt {
-        /// The `.log` file.
-        path: PathBuf,
-        /// Byte position of the batch in the file.
-        position: u64,
-        /// What check failed.
-        reason: &'static str,
-    },
-}
+/// One record as it is written into a batch: the boundary's [`NewRecord`]
+/// (the format takes the record the store is given, it defines none of its
+/// own). The name is kept for the format's tools and tests.
+pub type RecordIn = NewRecord;
 
-impl SegmentError {
-    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        Self::Io { op, path: path.to_path_buf(), source }
-    }
-}
-
-/// One record as it is written into a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordIn {
-    /// Partition key (validated by the caller: 1 to 256 characters).
-    pub partition_key: String,
-    /// The data blob (at most 1 MiB).
-    pub data: Bytes,
-    /// The producer's explicit hash key, if it gave one.
-    pub explicit_hash_key: Option<u128>,
-    /// The producer's own timestamp, if it gave one.
-    pub producer_timestamp_ms: Option<u64>,
-}
-
-impl RecordIn {
-    /// Bytes this record takes inside a batch.
+impl NewRecord {
+    /// Bytes this record takes inside a batch (see the layout above); what
+    /// an append's size is measured in.
     pub fn encoded_len(&self) -> usize {
         RECORD_HEADER_BYTES
             + if self.explicit_hash_key.is_some() { 16 } else { 0 }
@@ -242,7 +208,7 @@ pub struct ProducerTag<'a> {
 }
 
 /// Appends the encoding of one batch to `out`.
-pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, arrival_ms: u64, records: &[&RecordIn]) {
+pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, arrival_ms: u64, records: &[&NewRecord]) {
     encode_tagged_batch(out, base_offset, arrival_ms, records, &[]);
 }
 
@@ -252,7 +218,7 @@ pub fn encode_tagged_batch(
     out: &mut Vec<u8>,
     base_offset: u64,
     arrival_ms: u64,
-    records: &[&RecordIn],
+    records: &[&NewRecord],
     tags: &[(usize, ProducerTag<'_>)],
 ) {
     let start = out.len();
@@ -479,7 +445,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, SegmentError> {
 }
 
 /// Reads index entry `i` of an index file.
-pub(crate) fn read_index_entry(
+pub(super) fn read_index_entry(
     index: &File,
     path: &Path,
     i: u64,
@@ -489,143 +455,6 @@ pub(crate) fn read_index_entry(
         .read_exact_at(&mut b, i * INDEX_ENTRY_BYTES as u64)
         .map_err(|e| SegmentError::io("read index", path, e))?;
     Ok(IndexEntry::from_bytes(&b))
-}
-
-/// What a scan of a log found.
-#[derive(Debug, Default)]
-pub struct ScanReport {
-    /// One entry per batch found (valid, or corrupt but followed by valid ones).
-    pub entries: Vec<IndexEntry>,
-    /// Offset after the last record of the last valid batch.
-    pub end_offset: u64,
-    /// Length of the valid log; bytes after it are a torn tail.
-    pub valid_len: u64,
-    /// Byte positions of corrupt batches that are kept (valid batches follow).
-    pub corrupt_positions: Vec<u64>,
-}
-
-/// Scans a log from `start_position` (a batch boundary holding `start_offset`),
-/// collecting index entries, finding the torn tail and corrupt batches.
-///
-/// Memory stays bounded: the file is read in chunks and a batch is held only
-/// while its CRC is checked.
-///
-/// # Errors
-/// I/O errors only; bad bytes are reported in the [`ScanReport`].
-pub fn scan_log(
-    log: &File,
-    path: &Path,
-    segment_base: u64,
-    start_position: u64,
-    start_offset: u64,
-) -> Result<ScanReport, SegmentError> {
-    let file_len = log.metadata().map_err(|e| SegmentError::io("stat", path, e))?.len();
-    let mut report =
-        ScanReport { end_offset: start_offset, valid_len: start_position, ..Default::default() };
-    let mut pos = start_position;
-    let mut expected_offset = start_offset;
-    let mut pending_corrupt: Option<u64> = None;
-    let mut buf = Vec::new();
-    while pos < file_len {
-        match check_batch_at(log, path, pos, file_len, &mut buf)? {
-            Some(h)
-                if h.base_offset == expected_offset
-                    || pending_corrupt.is_some() && h.base_offset > expected_offset =>
-            {
-                if let Some(bad) = pending_corrupt.take() {
-                    // A valid batch follows the bad one: keep the bad one in
-                    // place, indexed at the offsets it must have held.
-                    report.entries.push(IndexEntry {
-                        relative_offset: (expected_offset - segment_base) as u32,
-                        position: bad as u32,
-                        arrival_ms: report.entries.last().map_or(h.arrival_ms, |e| e.arrival_ms),
-                    });
-                    report.corrupt_positions.push(bad);
-                }
-                report.entries.push(IndexEntry {
-                    relative_offset: (h.base_offset - segment_base) as u32,
-                    position: pos as u32,
-                    arrival_ms: h.arrival_ms,
-                });
-                expected_offset = h.base_offset + u64::from(h.record_count);
-                pos += u64::from(h.batch_len);
-                report.end_offset = expected_offset;
-                report.valid_len = pos;
-            }
-            _ => {
-                // Not a valid batch here: remember the first bad position and
-                // look for the next position where a valid batch starts.
-                if pending_corrupt.is_none() {
-                    pending_corrupt = Some(pos);
-                }
-                match find_magic(log, path, pos + 1, file_len)? {
-                    Some(next) => pos = next,
-                    None => break,
-                }
-            }
-        }
-    }
-    Ok(report)
-}
-
-/// Reads and checks the batch at `pos`; `None` if it is not intact.
-fn check_batch_at(
-    log: &File,
-    path: &Path,
-    pos: u64,
-    file_len: u64,
-    buf: &mut Vec<u8>,
-) -> Result<Option<BatchHeader>, SegmentError> {
-    if file_len - pos < BATCH_HEADER_BYTES as u64 {
-        return Ok(None);
-    }
-    let mut h = [0u8; BATCH_HEADER_BYTES];
-    log.read_exact_at(&mut h, pos).map_err(|e| SegmentError::io("read", path, e))?;
-    let Some(header) = BatchHeader::parse(&h) else { return Ok(None) };
-    if file_len - pos < u64::from(header.batch_len) {
-        return Ok(None);
-    }
-    buf.resize(header.batch_len as usize, 0);
-    log.read_exact_at(buf, pos).map_err(|e| SegmentError::io("read", path, e))?;
-    if crc32c::crc32c(&buf[12..]) != header.crc {
-        return Ok(None);
-    }
-    Ok(Some(header))
-}
-
-/// Position of the next batch magic at or after `from`.
-fn find_magic(
-    log: &File,
-    path: &Path,
-    from: u64,
-    file_len: u64,
-) -> Result<Option<u64>, SegmentError> {
-    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
-    let mut pos = from;
-    while pos < file_len {
-        let n = ((file_len - pos) as usize).min(SCAN_CHUNK_BYTES);
-        log.read_exact_at(&mut chunk[..n], pos).map_err(|e| SegmentError::io("read", path, e))?;
-        if let Some(i) = chunk[..n].windows(BATCH_MAGIC.len()).position(|w| w == BATCH_MAGIC) {
-            return Ok(Some(pos + i as u64));
-        }
-        if n < BATCH_MAGIC.len() {
-            break;
-        }
-        // Overlap so a magic split across two chunks is still found.
-        pos += (n - (BATCH_MAGIC.len() - 1)) as u64;
-    }
-    Ok(None)
-}
-
-/// Opens a segment file for reading and writing, creating it if asked.
-pub(crate) fn open_rw(path: &Path, create: bool) -> Result<File, SegmentError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| SegmentError::io("open", path, e))
 }
 
 /// A batch as listed by [`list_batches`]: for inspection tools and tests.
@@ -670,73 +499,4 @@ pub fn list_batches(shard_dir: &Path) -> Result<Vec<BatchLocation>, SegmentError
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(key: &str, data: &[u8]) -> RecordIn {
-        RecordIn {
-            partition_key: key.into(),
-            data: Bytes::copy_from_slice(data),
-            explicit_hash_key: None,
-            producer_timestamp_ms: None,
-        }
-    }
-
-    #[test]
-    fn batch_round_trips_with_optional_fields() {
-        let mut a = rec("k1", b"hello");
-        a.explicit_hash_key = Some(u128::MAX - 7);
-        let mut b = rec("ключ", b"");
-        b.producer_timestamp_ms = Some(42);
-        let mut buf = Vec::new();
-        encode_batch(&mut buf, 100, 1_700_000_000_000, &[&a, &b]);
-        let (h, out) = decode_batch(Bytes::from(buf), 0, usize::MAX).expect("decode");
-        assert_eq!(h.base_offset, 100);
-        assert_eq!(h.record_count, 2);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].offset, 100);
-        assert_eq!(out[0].explicit_hash_key, Some(u128::MAX - 7));
-        assert_eq!(&out[0].data[..], b"hello");
-        assert_eq!(out[1].partition_key, "ключ");
-        assert_eq!(out[1].producer_timestamp_ms, Some(42));
-        assert_eq!(out[1].arrival_ms, 1_700_000_000_000);
-    }
-
-    #[test]
-    fn decode_skips_and_limits() {
-        let recs: Vec<RecordIn> = (0..5).map(|i| rec("k", &[i])).collect();
-        let refs: Vec<&RecordIn> = recs.iter().collect();
-        let mut buf = Vec::new();
-        encode_batch(&mut buf, 10, 0, &refs);
-        let (_, out) = decode_batch(Bytes::from(buf), 12, 2).expect("decode");
-        assert_eq!(out.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![12, 13]);
-    }
-
-    #[test]
-    fn producer_tags_round_trip_and_are_invisible_to_readers() {
-        let recs: Vec<RecordIn> = (0..4).map(|i| rec("k", &[i])).collect();
-        let refs: Vec<&RecordIn> = recs.iter().collect();
-        let a = ProducerTag { producer_id: "dev-1", batch_seq: 9 };
-        let b = ProducerTag { producer_id: "gw", batch_seq: u64::MAX };
-        let mut buf = Vec::new();
-        encode_tagged_batch(&mut buf, 0, 1, &refs, &[(0, a), (2, b)]);
-        let mut tags = Vec::new();
-        let (_, out) = decode_batch_with_tags(Bytes::from(buf), 0, usize::MAX, |id, seq| {
-            tags.push((id.to_owned(), seq));
-        })
-        .expect("decode");
-        assert_eq!(tags, vec![("dev-1".to_owned(), 9), ("gw".to_owned(), u64::MAX)]);
-        assert_eq!(out.iter().map(|r| r.data[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn every_single_flipped_byte_is_detected() {
-        let mut buf = Vec::new();
-        encode_batch(&mut buf, 0, 5, &[&rec("key", b"some data")]);
-        for i in 0..buf.len() {
-            let mut bad = buf.clone();
-            bad[i] ^= 0x40;
-            assert!(decode_batch(Bytes::from(bad), 0, usize::MAX).is_err(), "byte {i}");
-        }
-    }
-}
+mod tests;

@@ -2,31 +2,30 @@
 //! (open with recovery, retention, the hand-over to a writer).
 //!
 //! Writing is the [`writer`](super::writer)'s job (one thread per open shard,
-//! group commit); opening and repairing segment files is
-//! [`recovery`](super::recovery)'s.
+//! group commit); checking and repairing segments at open is
+//! [`recovery`](super::recovery)'s; the files themselves are reached only
+//! through `segment_file`'s `Segment` handle.
 //!
 //! # Reading: never blocks the writer
 //!
 //! Readers use positioned reads (`pread`) on the segment files and see only
-//! what the writer has *published*: after a group is durable the writer bumps
-//! per-segment atomics (visible length, index entries, end offset) and then the
-//! shard's `next_offset` with release ordering. Readers take the segment list's
-//! read lock only to clone `Arc`s; a segment deleted by retention while a
-//! reader holds it stays readable through its open file handle.
+//! what the writer has *published*: after a group is durable the writer
+//! publishes it in its segment (visible length, index entries, end offset) and
+//! then bumps the shard's `next_offset` with release ordering. Readers take the
+//! segment list's read lock only to clone `Arc`s; a segment deleted by
+//! retention while a reader holds it stays readable through its open file
+//! handle.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::{Bytes, BytesMut};
-
 use super::backend::{ReadLimits, StoredRecord};
 use super::error::StoreError;
 use super::producer::{self, ProducerTable};
-use super::recovery::{open_segment, recover_last, recover_producers, recover_sealed, sync_dir};
-use super::segment::{self, BATCH_HEADER_BYTES, BatchHeader, IndexEntry, RecordOut, SegmentError};
+use super::recovery::{recover_last, recover_producers, recover_sealed};
+use super::segment::{self, RecordOut, SegmentError};
+use super::segment_file::{Segment, sync_dir};
 use super::sequence::SequenceNumber;
 
 /// The shard id Kinesis clients see: `shardId-` and 12 digits.
@@ -43,114 +42,23 @@ pub fn parse_shard_id(id: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// One segment as readers and the writer share it.
-#[derive(Debug)]
-pub(crate) struct Segment {
-    pub base_offset: u64,
-    pub(super) log_path: PathBuf,
-    pub(super) index_path: PathBuf,
-    pub(super) producers_path: PathBuf,
-    pub(super) log: File,
-    pub(super) index: File,
-    /// Bytes of the log readers may read.
-    pub(super) visible_len: AtomicU64,
-    /// Index entries readers may read.
-    pub(super) visible_entries: AtomicU64,
-    /// Offset after the last visible record.
-    pub(super) end_offset: AtomicU64,
-    /// Arrival time of the newest visible record (0 while empty).
-    pub(super) last_arrival_ms: AtomicU64,
-}
-
-impl Segment {
-    fn is_empty(&self) -> bool {
-        self.end_offset.load(Ordering::Acquire) == self.base_offset
-    }
-
-    pub fn last_arrival_ms(&self) -> u64 {
-        self.last_arrival_ms.load(Ordering::Acquire)
-    }
-
-    pub(super) fn entry(&self, i: u64) -> Result<IndexEntry, SegmentError> {
-        segment::read_index_entry(&self.index, &self.index_path, i)
-    }
-
-    /// Last entry index whose batch starts at or before `offset`.
-    fn entry_for_offset(&self, offset: u64, entries: u64) -> Result<u64, SegmentError> {
-        let rel = offset - self.base_offset;
-        let (mut lo, mut hi) = (0u64, entries);
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if u64::from(self.entry(mid)?.relative_offset) <= rel {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo)
-    }
-
-    /// First entry whose batch arrived at or after `ts`, if any.
-    fn entry_for_time(&self, ts: u64, entries: u64) -> Result<Option<IndexEntry>, SegmentError> {
-        let (mut lo, mut hi) = (0u64, entries);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.entry(mid)?.arrival_ms < ts {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        if lo < entries { Ok(Some(self.entry(lo)?)) } else { Ok(None) }
-    }
-
-    /// First entry whose batch starts after byte `position`, if any.
-    fn entry_after_position(
-        &self,
-        position: u64,
-        entries: u64,
-    ) -> Result<Option<IndexEntry>, SegmentError> {
-        let (mut lo, mut hi) = (0u64, entries);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if u64::from(self.entry(mid)?.position) <= position {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        if lo < entries { Ok(Some(self.entry(lo)?)) } else { Ok(None) }
-    }
-
-    fn delete_files(&self) -> Result<(), SegmentError> {
-        for p in [&self.log_path, &self.index_path, &self.producers_path] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SegmentError::io("delete", p, e)),
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What a shard shares between its writer thread, readers and the store.
 #[derive(Debug)]
-pub(crate) struct ShardShared {
+pub(super) struct ShardShared {
     pub stream: String,
     pub index: u64,
     pub id: String,
     pub dir: PathBuf,
-    pub(super) segments: RwLock<Vec<Arc<Segment>>>,
+    segments: RwLock<Vec<Arc<Segment>>>,
     /// Offset after the last published record.
-    pub(super) next_offset: AtomicU64,
+    next_offset: AtomicU64,
     /// The idempotent-producer table recovered at open, taken by the writer.
-    pub(super) producers_at_open: Mutex<ProducerTable>,
+    producers_at_open: Mutex<ProducerTable>,
 }
 
 /// Records read from a shard.
 #[derive(Debug)]
-pub(crate) struct ShardRead {
+pub(super) struct ShardRead {
     pub records: Vec<StoredRecord>,
     pub next_offset: u64,
     pub end_offset: u64,
@@ -167,21 +75,42 @@ impl ShardShared {
 
     pub fn trim_horizon(&self) -> u64 {
         let segs = self.read_segments();
-        segs.first().map_or_else(|| self.next_offset(), |s| s.base_offset)
+        segs.first().map_or_else(|| self.next_offset(), |s| s.base_offset())
     }
 
-    pub(super) fn read_segments(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Segment>>> {
+    fn read_segments(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Segment>>> {
         // A poisoned lock means a thread panicked while swapping Arcs in a Vec;
         // the Vec itself is still consistent.
         self.segments.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn write_segments(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
+    fn write_segments(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
         self.segments.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn segment_snapshot(&self) -> Vec<Arc<Segment>> {
+    fn segment_snapshot(&self) -> Vec<Arc<Segment>> {
         self.read_segments().clone()
+    }
+
+    /// The segment being written: the last one.
+    pub(super) fn active_segment(&self) -> Option<Arc<Segment>> {
+        self.read_segments().last().cloned()
+    }
+
+    /// Adds the segment a writer's roll started.
+    pub(super) fn push_segment(&self, segment: Arc<Segment>) {
+        self.write_segments().push(segment);
+    }
+
+    /// Makes records up to `next_offset` visible to readers, after their
+    /// segment published them.
+    pub(super) fn publish_next_offset(&self, next_offset: u64) {
+        self.next_offset.store(next_offset, Ordering::Release);
+    }
+
+    /// Hands the producer table recovered at open to the shard's writer.
+    pub(super) fn take_producers(&self) -> ProducerTable {
+        self.producers_at_open.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
     }
 
     /// Arrival time of the newest record, 0 if none.
@@ -195,9 +124,9 @@ impl ShardShared {
             if seg.is_empty() || seg.last_arrival_ms() < ts {
                 continue;
             }
-            let entries = seg.visible_entries.load(Ordering::Acquire);
+            let entries = seg.visible_entries();
             if let Some(e) = seg.entry_for_time(ts, entries).map_err(|e| self.err_segment(e))? {
-                return Ok(seg.base_offset + u64::from(e.relative_offset));
+                return Ok(seg.base_offset() + u64::from(e.relative_offset));
             }
         }
         Ok(self.next_offset())
@@ -207,78 +136,79 @@ impl ShardShared {
     pub fn read(&self, offset: u64, limits: ReadLimits) -> Result<ShardRead, StoreError> {
         let end = self.next_offset();
         let segs = self.segment_snapshot();
-        let horizon = segs.first().map_or(end, |s| s.base_offset);
+        let horizon = segs.first().map_or(end, |s| s.base_offset());
         let mut offset = offset.max(horizon);
         // One allocation for the whole read (bounded: a read is at most
         // `max_records`, and this caps what is reserved before any is found).
         let mut records = Vec::with_capacity(limits.max_records.min(RESERVE_RECORDS));
         let mut bytes = 0usize;
-        let first_seg = segs.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let first_seg = segs.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
         'segments: for seg in segs.iter().skip(first_seg) {
-            let seg_end = seg.end_offset.load(Ordering::Acquire).min(end);
+            let seg_end = seg.end_offset().min(end);
             if offset >= seg_end {
                 continue;
             }
-            let entries = seg.visible_entries.load(Ordering::Acquire);
-            let visible_len = seg.visible_len.load(Ordering::Acquire);
+            let entries = seg.visible_entries();
+            let visible_len = seg.visible_len();
             let e = seg.entry_for_offset(offset, entries).map_err(|e| self.err_segment(e))?;
             let first = seg.entry(e).map_err(|e| self.err_segment(e))?;
             let mut pos = u64::from(first.position);
-            let mut batch_offset = seg.base_offset + u64::from(first.relative_offset);
+            let mut batch_offset = seg.base_offset() + u64::from(first.relative_offset);
             while offset < seg_end && pos < visible_len {
                 if records.len() >= limits.max_records
                     || (bytes >= limits.max_bytes && !records.is_empty())
                 {
                     break 'segments;
                 }
-                let bad = match read_batch(seg, pos, visible_len)
-                    .map_err(|e| self.err_segment(e))?
-                {
-                    Ok(batch) => {
-                        let room = limits.max_records - records.len();
-                        let mark = records.len();
-                        let index = self.index;
-                        let decoded = segment::decode_batch(batch, offset, room).map(|(h, out)| {
-                            records.extend(out.into_iter().map(|r| stored_record(index, r)));
-                            h
-                        });
-                        match decoded {
-                            Ok(h) if h.base_offset == batch_offset => {
-                                // The byte limit: stop before the record that
-                                // would start past it (one record always fits).
-                                let mut keep = records.len();
-                                for (j, r) in records.iter().enumerate().skip(mark) {
-                                    if bytes >= limits.max_bytes && j > 0 {
-                                        keep = j;
-                                        break;
+                let bad =
+                    match seg.read_batch(pos, visible_len).map_err(|e| self.err_segment(e))? {
+                        Ok(batch) => {
+                            let room = limits.max_records - records.len();
+                            let mark = records.len();
+                            let index = self.index;
+                            let decoded =
+                                segment::decode_batch(batch, offset, room).map(|(h, out)| {
+                                    records
+                                        .extend(out.into_iter().map(|r| stored_record(index, r)));
+                                    h
+                                });
+                            match decoded {
+                                Ok(h) if h.base_offset == batch_offset => {
+                                    // The byte limit: stop before the record that
+                                    // would start past it (one record always fits).
+                                    let mut keep = records.len();
+                                    for (j, r) in records.iter().enumerate().skip(mark) {
+                                        if bytes >= limits.max_bytes && j > 0 {
+                                            keep = j;
+                                            break;
+                                        }
+                                        bytes += r.data.len() + r.partition_key.len();
                                     }
-                                    bytes += r.data.len() + r.partition_key.len();
+                                    records.truncate(keep);
+                                    if let Some(last) = records.last()
+                                        && records.len() > mark
+                                    {
+                                        offset = last.sequence.offset + 1;
+                                    }
+                                    batch_offset = h.base_offset + u64::from(h.record_count);
+                                    if offset < batch_offset {
+                                        break 'segments; // a limit was reached inside the batch
+                                    }
+                                    pos += u64::from(h.batch_len);
+                                    continue;
                                 }
-                                records.truncate(keep);
-                                if let Some(last) = records.last()
-                                    && records.len() > mark
-                                {
-                                    offset = last.sequence.offset + 1;
+                                Ok(_) => {
+                                    records.truncate(mark);
+                                    Err("batch base offset out of sequence")
                                 }
-                                batch_offset = h.base_offset + u64::from(h.record_count);
-                                if offset < batch_offset {
-                                    break 'segments; // a limit was reached inside the batch
-                                }
-                                pos += u64::from(h.batch_len);
-                                continue;
+                                Err(reason) => Err(reason),
                             }
-                            Ok(_) => {
-                                records.truncate(mark);
-                                Err("batch base offset out of sequence")
-                            }
-                            Err(reason) => Err(reason),
                         }
+                        Err(reason) => Err(reason),
                     }
-                    Err(reason) => Err(reason),
-                }
-                .or_else(|reason| {
-                    self.bad_batch(seg, entries, pos, batch_offset, seg_end, reason, &records)
-                })?;
+                    .or_else(|reason| {
+                        self.bad_batch(seg, entries, pos, batch_offset, seg_end, reason, &records)
+                    })?;
                 if matches!(bad, BadBatch::Stop) {
                     break 'segments;
                 }
@@ -308,7 +238,7 @@ impl ShardShared {
     ) -> Result<BadBatch, StoreError> {
         let next_offset =
             match seg.entry_after_position(pos, entries).map_err(|e| self.err_segment(e))? {
-                Some(next) => seg.base_offset + u64::from(next.relative_offset),
+                Some(next) => seg.base_offset() + u64::from(next.relative_offset),
                 None => seg_end,
             };
         if next_offset == batch_offset {
@@ -322,7 +252,7 @@ impl ShardShared {
         Err(StoreError::Corrupt {
             stream: self.stream.clone(),
             shard: self.id.clone(),
-            path: seg.log_path.clone(),
+            path: seg.log_path().to_path_buf(),
             position: pos,
             first_offset: batch_offset,
             next_offset,
@@ -337,29 +267,6 @@ enum BadBatch {
     Skip,
     /// Stop here and return what was read.
     Stop,
-}
-
-/// Reads the whole batch at `pos`, bounded by the visible length. The inner
-/// `Err` names why the bytes there are not a batch.
-pub(super) fn read_batch(
-    seg: &Segment,
-    pos: u64,
-    visible_len: u64,
-) -> Result<Result<Bytes, &'static str>, SegmentError> {
-    let mut h = [0u8; BATCH_HEADER_BYTES];
-    if visible_len - pos < BATCH_HEADER_BYTES as u64 {
-        return Ok(Err("batch header runs past the end of the log"));
-    }
-    let io = |e| SegmentError::io("read", &seg.log_path, e);
-    seg.log.read_exact_at(&mut h, pos).map_err(io)?;
-    let Some(header) = BatchHeader::parse(&h) else { return Ok(Err("bad batch header")) };
-    let len = u64::from(header.batch_len);
-    if visible_len - pos < len {
-        return Ok(Err("batch runs past the end of the log"));
-    }
-    let mut buf = BytesMut::zeroed(len as usize);
-    seg.log.read_exact_at(&mut buf, pos).map_err(io)?;
-    Ok(Ok(buf.freeze()))
 }
 
 impl ShardShared {
@@ -392,11 +299,11 @@ impl ShardShared {
             segments.push(Arc::new(seg));
         }
         let next_offset = match segments.last() {
-            Some(s) => s.end_offset.load(Ordering::Acquire),
+            Some(s) => s.end_offset(),
             None => closed_end.unwrap_or(0),
         };
         if segments.is_empty() && closed_end.is_none() {
-            segments.push(Arc::new(open_segment(&dir, 0, true)?));
+            segments.push(Arc::new(Segment::open(&dir, 0, true)?));
             sync_dir(&dir)?;
         }
         let producers = match closed_end {
@@ -440,7 +347,7 @@ impl ShardShared {
             };
             let Some(seg) = victim else { break };
             seg.delete_files()?;
-            tracing::info!(stream = %self.stream, shard = %self.id, segment = seg.base_offset, "retention deleted segment");
+            tracing::info!(stream = %self.stream, shard = %self.id, segment = seg.base_offset(), "retention deleted segment");
             deleted += 1;
         }
         if deleted > 0 {
@@ -482,6 +389,6 @@ fn stored_record(shard_index: u64, r: RecordOut) -> StoredRecord {
 }
 
 /// The sequence number of `offset` in shard `index`.
-pub(crate) fn sequence_of(index: u64, offset: u64) -> SequenceNumber {
+pub(super) fn sequence_of(index: u64, offset: u64) -> SequenceNumber {
     SequenceNumber::new(index, offset)
 }

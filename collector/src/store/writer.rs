@@ -15,21 +15,20 @@
 //! state of the page cache is unknown, and only recovery at the next start
 //! decides what of the tail is intact.
 
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use super::backend::NewRecord;
 use super::clock::Clock;
 use super::config::{FsyncPolicy, StoreConfig};
 use super::error::StoreError;
 use super::producer::{self, ProducerBatch, ProducerTable};
-use super::recovery::{open_segment, sync_dir, sync_file};
-use super::segment::{self, INDEX_ENTRY_BYTES, IndexEntry, ProducerTag, RecordIn, SegmentError};
-use super::shard::{Segment, ShardShared};
+use super::segment::{self, IndexEntry, ProducerTag};
+use super::segment_file::{Segment, sync_dir};
+use super::shard::ShardShared;
 
 /// Appends that may wait in one shard's queue; more appenders wait for a permit
 /// (backpressure). Large enough that a few hundred concurrent producers per
@@ -44,11 +43,11 @@ pub const MAX_APPEND_BYTES: usize = 6 * 1024 * 1024;
 
 /// What an appender gets back.
 #[derive(Debug)]
-pub(crate) enum AppendReply {
+pub(super) enum AppendReply {
     /// Written, and durable under the policy: first offset, arrival time.
     Done { first_offset: u64, arrival_ms: u64 },
     /// The shard closed before these records were written: route them again.
-    Closed(Vec<RecordIn>),
+    Closed(Vec<NewRecord>),
     /// The shard already holds this producer batch: nothing was appended.
     Duplicate,
     /// The shard failed.
@@ -62,7 +61,7 @@ pub(crate) enum AppendReply {
 /// [`AppendReply::Closed`] so the appender routes them again: an append is
 /// never lost between a shard's close and its children's start.
 struct PendingAppend {
-    records: Vec<RecordIn>,
+    records: Vec<NewRecord>,
     tag: Option<ProducerBatch>,
     reply: Option<oneshot::Sender<AppendReply>>,
 }
@@ -103,7 +102,7 @@ enum Request {
 /// The handle appenders use to reach a shard's writer thread. Dropping it
 /// ends the thread (after a final sync) once the queue is empty.
 #[derive(Debug)]
-pub(crate) struct Writer {
+pub(super) struct Writer {
     tx: mpsc::Sender<Request>,
     permits: Arc<Semaphore>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -138,11 +137,11 @@ impl Writer {
     /// [`AppendReply::Duplicate`].
     pub async fn submit(
         &self,
-        records: Vec<RecordIn>,
+        records: Vec<NewRecord>,
         tag: Option<ProducerBatch>,
     ) -> oneshot::Receiver<AppendReply> {
         let (reply, rx) = oneshot::channel();
-        let bytes = records.iter().map(RecordIn::encoded_len).sum();
+        let bytes = records.iter().map(NewRecord::encoded_len).sum();
         let append = PendingAppend { records, tag, reply: Some(reply) };
         // Without a permit (the writer is closing) or a queue (it has
         // stopped), dropping `append` hands the records back.
@@ -201,18 +200,17 @@ impl WriterState {
         config: StoreConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let active = shard.read_segments().last().cloned().ok_or_else(|| {
+        let active = shard.active_segment().ok_or_else(|| {
             StoreError::InvalidArgument(format!("shard {} has no segment to write", shard.id))
         })?;
-        let entries = active.visible_entries.load(Ordering::Acquire);
+        let entries = active.visible_entries();
         let first_arrival_ms = if entries > 0 { Some(active.entry(0)?.arrival_ms) } else { None };
-        let producers =
-            shard.producers_at_open.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        let producers = shard.take_producers();
         Ok(Self {
             producers,
-            len: active.visible_len.load(Ordering::Acquire),
+            len: active.visible_len(),
             entries,
-            next_offset: active.end_offset.load(Ordering::Acquire),
+            next_offset: active.end_offset(),
             last_arrival_ms: active.last_arrival_ms(),
             first_arrival_ms,
             active,
@@ -369,7 +367,7 @@ impl WriterState {
         group: &[Request],
         duplicate: &[bool],
     ) -> Result<(u64, u64), StoreError> {
-        let mut records: Vec<&RecordIn> = Vec::new();
+        let mut records: Vec<&NewRecord> = Vec::new();
         let mut tags: Vec<(usize, ProducerTag<'_>)> = Vec::new();
         for (r, dup) in group.iter().zip(duplicate) {
             if let (Request::Append { append, .. }, false) = (r, dup) {
@@ -399,18 +397,12 @@ impl WriterState {
             self.roll()?;
         }
         let first_offset = self.next_offset;
-        let seg = &self.active;
-        seg.log
-            .write_all_at(&self.buf, self.len)
-            .map_err(|e| SegmentError::io("write", &seg.log_path, e))?;
         let entry = IndexEntry {
-            relative_offset: (first_offset - seg.base_offset) as u32,
+            relative_offset: (first_offset - self.active.base_offset()) as u32,
             position: self.len as u32,
             arrival_ms,
         };
-        seg.index
-            .write_all_at(&entry.to_bytes(), self.entries * INDEX_ENTRY_BYTES as u64)
-            .map_err(|e| SegmentError::io("write", &seg.index_path, e))?;
+        self.active.append(self.len, &self.buf, self.entries, entry)?;
         self.len += self.buf.len() as u64;
         self.entries += 1;
         self.next_offset += records.len() as u64;
@@ -430,17 +422,13 @@ impl WriterState {
 
     /// Makes the written bytes visible to readers.
     fn publish(&self) {
-        let seg = &self.active;
-        seg.visible_len.store(self.len, Ordering::Release);
-        seg.visible_entries.store(self.entries, Ordering::Release);
-        seg.last_arrival_ms.store(self.last_arrival_ms, Ordering::Release);
-        seg.end_offset.store(self.next_offset, Ordering::Release);
-        self.shard.next_offset.store(self.next_offset, Ordering::Release);
+        self.active.publish(self.len, self.entries, self.next_offset, self.last_arrival_ms);
+        self.shard.publish_next_offset(self.next_offset);
     }
 
     fn sync_if_dirty(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            sync_file(&self.active.log, &self.active.log_path)?;
+            self.active.sync_log()?;
             self.dirty = false;
             self.last_sync = Instant::now();
         }
@@ -461,15 +449,15 @@ impl WriterState {
     /// and starts a new one at the next offset.
     fn roll(&mut self) -> Result<(), StoreError> {
         let old = self.active.clone();
-        sync_file(&old.log, &old.log_path)?;
-        sync_file(&old.index, &old.index_path)?;
+        old.sync_log()?;
+        old.sync_index()?;
         self.dirty = false;
         // The snapshot first: a segment never exists without the table that
         // stood before its first record.
         producer::write_snapshot(&self.shard.dir, self.next_offset, &self.producers)?;
-        let seg = Arc::new(open_segment(&self.shard.dir, self.next_offset, true)?);
+        let seg = Arc::new(Segment::open(&self.shard.dir, self.next_offset, true)?);
         sync_dir(&self.shard.dir)?;
-        self.shard.write_segments().push(seg.clone());
+        self.shard.push_segment(seg.clone());
         tracing::debug!(stream = %self.shard.stream, shard = %self.shard.id, base = self.next_offset, "rolled segment");
         self.active = seg;
         self.len = 0;

@@ -1,21 +1,27 @@
-//! Durable file operations shared by the store's metadata files (and the
-//! firehose's state): replacing a whole file atomically, optionally readable
-//! by its owner only, and making directory changes durable.
+//! Durable file replacement, for hosts (`std` feature, Unix): replacing a
+//! whole file atomically, optionally readable by its owner only, and making
+//! directory changes durable.
+//!
+//! It lives in the wire crate although it is no wire format because this is
+//! the crate both host binaries already share: the agent (checkpoints, spool
+//! instance id) and the collector (catalog, producer snapshots, firehose
+//! state) replace files the same way, with one copy of the rule.
 //!
 //! A replaced file is written to `<name>.tmp`, fsync'd, renamed over the old
-//! one, and the directory fsync'd: after a crash either the old or the new
+//! one, and its directory fsync'd: after a crash either the old or the new
 //! content is there, never a mix, and the rename itself survives a power cut.
 
+use std::borrow::ToOwned;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Replaces `path` (in directory `dir`) with `bytes`, atomically and durably.
+/// Replaces `path` with `bytes`, atomically and durably.
 ///
 /// # Errors
 /// Any I/O failure; the previous content is then still in place.
-pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_with_mode(dir, path, bytes, 0o666)
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with_mode(path, bytes, 0o666)
 }
 
 /// [`replace_file`] for a file that may hold secrets: created readable and
@@ -23,13 +29,13 @@ pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
 ///
 /// # Errors
 /// Any I/O failure; the previous content is then still in place.
-pub fn replace_private_file(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_with_mode(dir, path, bytes, 0o600)
+pub fn replace_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with_mode(path, bytes, 0o600)
 }
 
 /// Writes `<path>.tmp` created with `mode` (before the umask), fsyncs it,
-/// renames it over `path` and fsyncs `dir`.
-fn replace_with_mode(dir: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// renames it over `path` and fsyncs the directory holding `path`.
+fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -47,6 +53,10 @@ fn replace_with_mode(dir: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Re
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     sync_dir(dir)
 }
 
@@ -69,8 +79,8 @@ mod tests {
     fn replaced_files_keep_only_the_new_content_and_private_ones_are_0600() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.json");
-        replace_file(dir.path(), &path, b"old").expect("replace");
-        replace_private_file(dir.path(), &path, b"new secret").expect("replace private");
+        replace_file(&path, b"old").expect("replace");
+        replace_private_file(&path, b"new secret").expect("replace private");
         assert_eq!(std::fs::read(&path).expect("read"), b"new secret");
         let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
