@@ -8,6 +8,11 @@
 //! on microcontroller links. Each module documents its bytes one by one; the
 //! [`error`] types say why bytes were refused.
 //!
+//! Besides the bytes, the crate holds the few rules every side shares because
+//! it is the one crate they all depend on: the stream-name rule
+//! ([`validate::validate_stream_name`]), the [`backoff`] rule, and (`std`)
+//! [`durable_file`].
+//!
 //! The layers nest: a frame carries an envelope, an envelope carries a record
 //! or a batch, a batch carries records.
 //!
