@@ -16,6 +16,10 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
+/// The suffix of the temporary file a replacement writes first
+/// (`<name>.tmp`); a crash can leave one behind, never a partial `<name>`.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
 /// Replaces `path` with `bytes`, atomically and durably.
 ///
 /// # Errors
@@ -38,7 +42,7 @@ pub fn replace_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(TEMP_SUFFIX);
     // A leftover temp file would keep its old mode: start from a new one.
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

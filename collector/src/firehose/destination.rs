@@ -45,15 +45,14 @@
 //! reader never sees a partial object under its final name.
 
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::error::FirehoseError;
 use crate::store::SequenceNumber;
-use weir_wire::durable_file::sync_dir;
+use weir_wire::durable_file::{self, sync_dir};
 
 /// Suffix of objects being written.
-pub const TEMP_SUFFIX: &str = ".tmp";
+pub const TEMP_SUFFIX: &str = durable_file::TEMP_SUFFIX;
 
 /// The key of a batch's object (see the module header).
 pub fn object_key(
@@ -199,15 +198,8 @@ impl DirectoryDestination {
                 sync_dir(parent).map_err(|e| io("syncing directory", parent, e))?;
             }
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(TEMP_SUFFIX);
-        let tmp = PathBuf::from(tmp);
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
-        f.write_all(body).map_err(|e| io("writing", &tmp, e))?;
-        f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| io("renaming", &tmp, e))?;
-        sync_dir(dir).map_err(|e| io("syncing directory", dir, e))
+        // `<name>.tmp` (TEMP_SUFFIX), fsync, rename, fsync the directory.
+        durable_file::replace_file(path, body).map_err(|e| io("writing", path, e))
     }
 }
 
