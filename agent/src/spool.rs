@@ -32,7 +32,7 @@
 //! dropped by `drop_oldest`. Nothing else deletes spooled data.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::io::{self, BufReader, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -37,7 +37,11 @@ pub(super) fn fingerprint(file: &mut File, len: u64) -> io::Result<(u32, u64)> {
 
 /// Whether `file` (with `meta`) is the file `id` names: same device and inode,
 /// and its first `id.fingerprint_len` bytes hash the same.
-pub(super) fn same_file(id: &FileId, file: &mut File, meta: &std::fs::Metadata) -> io::Result<bool> {
+pub(super) fn same_file(
+    id: &FileId,
+    file: &mut File,
+    meta: &std::fs::Metadata,
+) -> io::Result<bool> {
     if meta.dev() != id.dev || meta.ino() != id.ino {
         return Ok(false);
     }
