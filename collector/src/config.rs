@@ -343,7 +343,7 @@ impl Config {
     /// The first invalid `firehose[i].*` value, by key.
     pub fn firehose_specs(&self) -> Result<Vec<crate::firehose::DeliverySpec>, ConfigError> {
         use crate::firehose::manager::DestinationSpec;
-        use crate::firehose::{DeliverySpec, FirehoseError, Manager, Source};
+        use crate::firehose::{DeliverySpec, FirehoseError, Source};
         let mut names = std::collections::BTreeSet::new();
         let mut specs = Vec::with_capacity(self.firehose.len());
         for (i, f) in self.firehose.iter().enumerate() {
@@ -373,7 +373,7 @@ impl Config {
                 directory: f
                     .directory
                     .clone()
-                    .unwrap_or_else(|| Manager::default_directory(&self.data_dir, &f.name)),
+                    .unwrap_or_else(|| crate::firehose::default_directory(&self.data_dir, &f.name)),
                 size_mib: f.buffer_size_mib,
                 interval_secs: f.buffer_interval_secs,
                 newline_delimited,

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use config::{Config, ConfigError};
-use store::{LogStore, StoreError};
+use store::{LogStore, StoreError, StreamStore};
 
 /// What a running collector bound and where it keeps its data; written as
 /// JSON to `--ready-file` by the binary.
@@ -79,7 +79,21 @@ pub async fn run(
     let mqtt_settings = config.mqtt_settings()?;
     let firehose_specs = config.firehose_specs()?;
     let store = LogStore::open(&config.data_dir, store_config).await?;
-    let mut delivery: Option<std::sync::Arc<firehose::Manager>> = None;
+    serve(config, mqtt_settings, firehose_specs, store, ready, shutdown).await
+}
+
+/// The service over an open `store`: everything above the store uses it only
+/// through [`StreamStore`], so any implementation serves. Closes the store
+/// last, also when a listener fails to start.
+async fn serve<S: StreamStore + Clone>(
+    config: Config,
+    mqtt_settings: ingest::Settings,
+    firehose_specs: Vec<firehose::DeliverySpec>,
+    store: S,
+    ready: impl FnOnce(&Ready, &S),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut delivery: Option<std::sync::Arc<firehose::Manager<S>>> = None;
     let listeners = async {
         let s3_defaults = config.firehose_s3.as_ref().map(|s| s.settings(""));
         let manager = firehose::Manager::start_with_s3_defaults(

@@ -14,7 +14,7 @@ use super::service::{Api, ApiConfig};
 use super::token::{KeyError, TokenSigner};
 use crate::config::{Config, ConfigError};
 use crate::firehose::Manager;
-use crate::store::LogStore;
+use crate::store::StreamStore;
 
 /// How long requests in progress may take to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,7 +54,10 @@ impl HttpListener {
     /// # Errors
     /// Invalid settings, an address that cannot be bound, an unreadable
     /// token key.
-    pub async fn start(config: &Config, store: LogStore) -> Result<Self, StartError> {
+    pub async fn start<S: StreamStore + Clone>(
+        config: &Config,
+        store: S,
+    ) -> Result<Self, StartError> {
         Self::start_with_firehose(config, store, None).await
     }
 
@@ -63,10 +66,10 @@ impl HttpListener {
     ///
     /// # Errors
     /// As [`start`](Self::start).
-    pub async fn start_with_firehose(
+    pub async fn start_with_firehose<S: StreamStore + Clone>(
         config: &Config,
-        store: LogStore,
-        firehose: Option<Arc<Manager>>,
+        store: S,
+        firehose: Option<Arc<Manager<S>>>,
     ) -> Result<Self, StartError> {
         let addr = config.http_listen()?;
         let api_config = ApiConfig {

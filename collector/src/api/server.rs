@@ -39,7 +39,7 @@ pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
 
 struct HttpState<S> {
     api: Api<S>,
-    firehose: Option<FirehoseApi>,
+    firehose: Option<FirehoseApi<S>>,
     in_flight: Semaphore,
     metrics: Option<PrometheusHandle>,
     request_ids: AtomicU64,
@@ -47,12 +47,15 @@ struct HttpState<S> {
 }
 
 /// The HTTP routes over `api`.
-pub fn router<S: StreamStore>(api: Api<S>) -> Router {
+pub fn router<S: StreamStore + Clone>(api: Api<S>) -> Router {
     router_with_firehose(api, None)
 }
 
 /// The HTTP routes over `api` and, when given, the Firehose API.
-pub fn router_with_firehose<S: StreamStore>(api: Api<S>, firehose: Option<FirehoseApi>) -> Router {
+pub fn router_with_firehose<S: StreamStore + Clone>(
+    api: Api<S>,
+    firehose: Option<FirehoseApi<S>>,
+) -> Router {
     let state = Arc::new(HttpState {
         api,
         firehose,
@@ -73,7 +76,7 @@ pub fn router_with_firehose<S: StreamStore>(api: Api<S>, firehose: Option<Fireho
 ///
 /// # Errors
 /// The listener failed.
-pub async fn serve<S: StreamStore>(
+pub async fn serve<S: StreamStore + Clone>(
     listener: tokio::net::TcpListener,
     api: Api<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -85,10 +88,10 @@ pub async fn serve<S: StreamStore>(
 ///
 /// # Errors
 /// The listener failed.
-pub async fn serve_with_firehose<S: StreamStore>(
+pub async fn serve_with_firehose<S: StreamStore + Clone>(
     listener: tokio::net::TcpListener,
     api: Api<S>,
-    firehose: Option<FirehoseApi>,
+    firehose: Option<FirehoseApi<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router_with_firehose(api, firehose))
@@ -100,7 +103,7 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn prometheus<S: StreamStore>(State(state): State<Arc<HttpState<S>>>) -> Response {
+async fn prometheus<S: StreamStore + Clone>(State(state): State<Arc<HttpState<S>>>) -> Response {
     match &state.metrics {
         Some(h) => {
             h.run_upkeep();
@@ -112,7 +115,7 @@ async fn prometheus<S: StreamStore>(State(state): State<Arc<HttpState<S>>>) -> R
     }
 }
 
-async fn kinesis<S: StreamStore>(
+async fn kinesis<S: StreamStore + Clone>(
     State(state): State<Arc<HttpState<S>>>,
     headers: HeaderMap,
     body: Body,
@@ -156,7 +159,7 @@ async fn kinesis<S: StreamStore>(
     }
 }
 
-async fn handle<S: StreamStore>(
+async fn handle<S: StreamStore + Clone>(
     state: &HttpState<S>,
     operation: &str,
     is_firehose: bool,

@@ -25,7 +25,7 @@ use super::delivery::DeliveryStream;
 use super::destination::{Batch, Destination, DirectoryDestination};
 use super::error::FirehoseError;
 use crate::store::{
-    Appended, CreateStreamOptions, LogStore, NewRecord, StoreError, StreamStore, SystemClock,
+    Appended, CreateStreamOptions, NewRecord, StoreError, StreamStore, SystemClock,
 };
 
 /// How often a delivery stream polls its source.
@@ -199,28 +199,33 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The delivery streams of a collector.
-pub struct Manager {
-    store: LogStore,
+/// The default destination of a delivery stream: `<data_dir>/firehose/<name>`.
+pub fn default_directory(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("firehose").join(name)
+}
+
+/// The delivery streams of a collector, over any [`StreamStore`].
+pub struct Manager<S> {
+    store: S,
     data_dir: PathBuf,
     s3_defaults: Option<super::s3::S3Settings>,
     streams: Mutex<BTreeMap<String, Running>>,
 }
 
-impl std::fmt::Debug for Manager {
+impl<S> std::fmt::Debug for Manager<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager").field("data_dir", &self.data_dir).finish_non_exhaustive()
     }
 }
 
-impl Manager {
+impl<S: StreamStore + Clone> Manager<S> {
     /// Starts the configured delivery streams and those persisted by the API.
     ///
     /// # Errors
     /// An unreadable state file, an invalid delivery stream, or an internal
     /// stream that cannot be created.
     pub async fn start(
-        store: LogStore,
+        store: S,
         data_dir: &Path,
         configured: Vec<DeliverySpec>,
     ) -> Result<Arc<Self>, ManagerError> {
@@ -234,7 +239,7 @@ impl Manager {
     /// # Errors
     /// As [`start`](Self::start).
     pub async fn start_with_s3_defaults(
-        store: LogStore,
+        store: S,
         data_dir: &Path,
         configured: Vec<DeliverySpec>,
         s3_defaults: Option<super::s3::S3Settings>,
@@ -269,11 +274,6 @@ impl Manager {
         }
         drop(map);
         Ok(me)
-    }
-
-    /// The default destination of a delivery stream.
-    pub fn default_directory(data_dir: &Path, name: &str) -> PathBuf {
-        data_dir.join("firehose").join(name)
     }
 
     /// S3 settings of an API-created delivery stream writing to `bucket`.

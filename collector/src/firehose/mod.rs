@@ -49,6 +49,8 @@ pub use config::{
 pub use delivery::{DeliveredObject, DeliveryStream, PollReport};
 pub use destination::{Destination, DirectoryDestination, object_key};
 pub use error::FirehoseError;
-pub use manager::{DeliverySpec, Manager, ManagerError, Source, direct_put_stream};
+pub use manager::{
+    DeliverySpec, Manager, ManagerError, Source, default_directory, direct_put_stream,
+};
 pub use parquet::{ColumnType, ParquetColumn, ParquetCompression, ParquetFormat, ParquetSchema};
 pub use prefix::PrefixTemplate;

@@ -318,6 +318,10 @@ pub trait StreamStore: Send + Sync + 'static {
         name: &str,
         changes: Vec<SettingsChange>,
     ) -> impl Future<Output = Result<StreamSettings, StoreError>> + Send;
+
+    /// Closes the store once everything it acknowledged is durable; the
+    /// collector calls it last, after its listeners finished their appends.
+    fn close(&self) -> impl Future<Output = ()> + Send;
 }
 
 pub use super::catalog::{MAX_TAGS_PER_STREAM, StreamMode};

@@ -539,4 +539,8 @@ impl StreamStore for LogStore {
         state.set_write_limits(settings.write_limits);
         Ok(settings)
     }
+
+    async fn close(&self) {
+        LogStore::close(self).await;
+    }
 }

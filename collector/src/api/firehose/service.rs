@@ -15,8 +15,9 @@ use super::model::{
 use crate::api::codec::{Blob, Encoding, Timestamp};
 use crate::api::error::{ACCOUNT_ID, ApiError, ErrorKind, Violations};
 use crate::firehose::config::{DEFAULT_BUFFER_INTERVAL_SECS, DEFAULT_BUFFER_SIZE_MIB};
-use crate::firehose::{DeliverySpec, Manager, ManagerError, Source};
+use crate::firehose::{DeliverySpec, Manager, ManagerError, Source, default_directory};
 use crate::store::NewRecord;
+use crate::store::StreamStore;
 
 /// The `X-Amz-Target` prefix of Firehose.
 pub const TARGET_PREFIX: &str = "Firehose_20150804.";
@@ -40,8 +41,8 @@ const PARTITION_KEY: &str = "firehose";
 
 /// The Firehose API over a manager.
 #[derive(Debug, Clone)]
-pub struct FirehoseApi {
-    manager: Arc<Manager>,
+pub struct FirehoseApi<S> {
+    manager: Arc<Manager<S>>,
     region: String,
 }
 
@@ -139,7 +140,7 @@ fn apply_http(spec: &mut DeliverySpec, h: HttpIn) -> Result<(), ApiError> {
     Ok(())
 }
 
-impl FirehoseApi {
+impl<S: StreamStore + Clone> FirehoseApi<S> {
     /// An S3 destination configuration into a spec.
     fn apply_s3(&self, spec: &mut DeliverySpec, s3: S3In) -> Result<(), ApiError> {
         use crate::firehose::manager::DestinationSpec;
@@ -205,7 +206,7 @@ impl FirehoseApi {
     }
 
     /// The API over `manager`, naming `region` in ARNs.
-    pub fn new(manager: Arc<Manager>, region: impl Into<String>) -> Self {
+    pub fn new(manager: Arc<Manager<S>>, region: impl Into<String>) -> Self {
         Self { manager, region: region.into() }
     }
 
@@ -291,7 +292,7 @@ impl FirehoseApi {
             }
         };
         let mut spec = DeliverySpec {
-            directory: Manager::default_directory(self.manager.data_dir(), &name),
+            directory: default_directory(self.manager.data_dir(), &name),
             name: name.clone(),
             source,
             size_mib: DEFAULT_BUFFER_SIZE_MIB,
