@@ -183,10 +183,28 @@ impl Checkpoint {
         }
         let c: Self = serde_json::from_reader(std::io::BufReader::new(file))
             .map_err(|e| bad(format!("not a checkpoint: {e}")))?;
+        c.checked(path, delivery_stream, source_stream)
+    }
+
+    /// This checkpoint, read from `location`, if it is one of a version read
+    /// and belongs to `delivery_stream` of `source_stream`; upgraded to
+    /// [`CHECKPOINT_VERSION`].
+    ///
+    /// # Errors
+    /// [`FirehoseError::Checkpoint`]: an unknown version, another delivery
+    /// stream or source, or a pending batch that does not start at its
+    /// shard's `next_offset`.
+    pub fn checked(
+        self,
+        location: &Path,
+        delivery_stream: &str,
+        source_stream: &str,
+    ) -> Result<Self, FirehoseError> {
+        let bad = |reason: String| FirehoseError::Checkpoint { path: location.to_owned(), reason };
+        let mut c = self;
         if !READ_VERSIONS.contains(&c.version) {
             return Err(bad(format!("version {} (expected one of {READ_VERSIONS:?})", c.version)));
         }
-        let mut c = c;
         c.version = CHECKPOINT_VERSION;
         if c.delivery_stream != delivery_stream || c.source_stream != source_stream {
             return Err(bad(format!(

@@ -135,6 +135,10 @@ pub enum FirehoseError {
     /// Compressing a batch failed.
     #[error("compressing a batch: {0}")]
     Compress(#[source] std::io::Error),
+    /// The firehose state (checkpoint store, lease) failed or refused: see
+    /// [`StateError::ends_delivery`](super::state::StateError::ends_delivery).
+    #[error("firehose state: {0}")]
+    State(#[from] super::state::StateError),
     /// A blocking task was cancelled (runtime shutting down).
     #[error("background task cancelled")]
     Cancelled,

@@ -1,173 +1,46 @@
 //! The running delivery streams of a collector: those of `[[firehose]]` in the
 //! configuration and those created through the Firehose API, one task each.
 //!
-//! API-created delivery streams are kept in `<data-dir>/firehose-state/
-//! delivery-streams.json` (written to a temp file, fsync'd, renamed; mode
-//! `0600`, as it can hold S3 and HTTP endpoint keys), so they are started
-//! again after a restart. Checkpoints live beside it
-//! (`<name>.checkpoint`), never inside a destination directory.
+//! API-created delivery streams, checkpoints and delivery leases live in a
+//! [`FirehoseState`]: by default [`FileState`] (`<data-dir>/firehose-state/
+//! delivery-streams.json` and `<name>.checkpoint` beside it, never inside a
+//! destination directory), so they are started again after a restart; or,
+//! for several collectors, a JetStream KV bucket
+//! ([`start_with_jetstream`](Manager::start_with_jetstream)). Each delivery
+//! stream's task (`worker`) delivers only while it holds the stream's lease.
+//! Over a shared state the manager reads the definitions every
+//! [`DEFINITIONS_POLL_INTERVAL`], starting delivery streams other collectors
+//! created and stopping those they deleted; until then another collector
+//! answers NotFound for a delivery stream created elsewhere.
 //!
 //! A delivery stream of direct puts reads the internal Weir stream
 //! [`direct_put_stream`] (`__firehose-<name>`): PutRecord(Batch) appends there
 //! durably before answering, so direct puts survive a crash like any record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use super::config::{BufferingHints, Compression, DeliveryConfig, RecordFormat};
-use super::delivery::DeliveryStream;
 use super::destination::{Batch, Destination, DirectoryDestination};
 use super::error::FirehoseError;
-use crate::store::{
-    Appended, CreateStreamOptions, NewRecord, StoreError, StreamStore, SystemClock,
+use super::state::{FileState, FirehoseState, StateError};
+use super::worker::Worker;
+use crate::store::{Appended, CreateStreamOptions, NewRecord, StoreError, StreamStore};
+
+pub use super::state::{STATE_DIR, STREAMS_FILE};
+pub use super::worker::{POLL_INTERVAL, RETRY_OPEN};
+
+/// How often a manager over a shared state reads the definitions, to start
+/// delivery streams other collectors created and stop those they deleted.
+pub const DEFINITIONS_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+pub use super::spec::{
+    DeliverySpec, DestinationSpec, Source, direct_put_stream, parse_compression,
 };
-
-/// How often a delivery stream polls its source.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// How long a delivery stream waits before opening again after a failure
-/// (for example a source stream that does not exist yet).
-pub const RETRY_OPEN: Duration = Duration::from_secs(1);
-/// The state directory under the data directory.
-pub const STATE_DIR: &str = "firehose-state";
-/// The file of API-created delivery streams in [`STATE_DIR`].
-pub const STREAMS_FILE: &str = "delivery-streams.json";
-
-/// The internal stream that holds a delivery stream's direct puts.
-pub fn direct_put_stream(name: &str) -> String {
-    format!("__firehose-{name}")
-}
-
-/// Where a delivery stream's records come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// PutRecord / PutRecordBatch, through the internal stream.
-    DirectPut,
-    /// A Weir data stream.
-    Stream(String),
-}
-
-/// Everything that defines a delivery stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliverySpec {
-    /// Its name.
-    pub name: String,
-    /// Its source.
-    pub source: Source,
-    /// The destination directory.
-    pub directory: PathBuf,
-    /// Size hint, MiB.
-    pub size_mib: u32,
-    /// Interval hint, seconds.
-    pub interval_secs: u32,
-    /// Records separated by newlines.
-    pub newline_delimited: bool,
-    /// `none`, `gzip` or `zstd`.
-    pub compression: String,
-    /// Prefix template (empty: the default).
-    pub prefix: String,
-    /// Creation time, ms since the epoch.
-    pub created_ms: u64,
-    /// Error output prefix template (empty: the default).
-    #[serde(default)]
-    pub error_prefix: String,
-    /// Retry duration, seconds.
-    #[serde(default = "default_retry_duration")]
-    pub retry_duration_secs: u32,
-    /// Dynamic partitioning keys: name and query.
-    #[serde(default)]
-    pub partition_keys: Vec<(String, String)>,
-    /// Where error output goes instead of the destination.
-    #[serde(default)]
-    pub backup_directory: Option<PathBuf>,
-    /// The destination (default: the directory `directory`).
-    #[serde(default)]
-    pub destination: DestinationSpec,
-    /// Parquet output with this schema instead of the records as they are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parquet: Option<super::parquet::ParquetSchema>,
-}
-
-fn default_retry_duration() -> u32 {
-    super::config::DEFAULT_RETRY_DURATION_SECS
-}
-
-/// The kind of destination of a delivery stream and its settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DestinationSpec {
-    /// [`DeliverySpec::directory`].
-    #[default]
-    Directory,
-    /// An S3-compatible bucket.
-    S3(super::s3::S3Settings),
-    /// An HTTP endpoint.
-    Http(super::http::HttpSettings),
-}
-
-impl DeliverySpec {
-    /// The stream the delivery stream reads.
-    pub fn source_stream(&self) -> String {
-        match &self.source {
-            Source::DirectPut => direct_put_stream(&self.name),
-            Source::Stream(s) => s.clone(),
-        }
-    }
-
-    /// The delivery configuration, checked.
-    ///
-    /// # Errors
-    /// The first invalid setting.
-    pub fn delivery_config(&self) -> Result<DeliveryConfig, FirehoseError> {
-        let compression =
-            parse_compression(&self.compression).ok_or_else(|| FirehoseError::Destination {
-                key: "compression".into(),
-                reason: format!("{:?} is not none, gzip or zstd", self.compression),
-            })?;
-        let mut config = DeliveryConfig::new(self.name.clone(), self.source_stream());
-        config.buffering =
-            BufferingHints { size_mib: self.size_mib, interval_secs: self.interval_secs };
-        config.format = if self.newline_delimited {
-            RecordFormat::NewlineDelimited
-        } else {
-            RecordFormat::AsIs
-        };
-        if let Some(schema) = &self.parquet {
-            let format = schema.clone().into_format();
-            let format = format.map_err(|e| FirehoseError::InvalidFormat(e.to_string()))?;
-            config.format = RecordFormat::Parquet(format);
-        }
-        config.compression = compression;
-        config.prefix = self.prefix.clone();
-        config.error_prefix = self.error_prefix.clone();
-        config.retry_duration_secs = self.retry_duration_secs;
-        config.partition_keys = self.partition_keys.clone();
-        config.validate()?;
-        match &self.destination {
-            DestinationSpec::Directory => {}
-            DestinationSpec::S3(s) => s.validate()?,
-            DestinationSpec::Http(h) => h.validate()?,
-        }
-        Ok(config)
-    }
-}
-
-/// `none`, `gzip`, `zstd` (any case; `uncompressed` for none, as Firehose
-/// names it).
-pub fn parse_compression(s: &str) -> Option<Compression> {
-    match s.to_ascii_lowercase().as_str() {
-        "" | "none" | "uncompressed" => Some(Compression::None),
-        "gzip" => Some(Compression::Gzip),
-        "zstd" => Some(Compression::Zstd),
-        _ => None,
-    }
-}
 
 /// Why a manager operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,13 +63,27 @@ pub enum ManagerError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The firehose state (definitions, checkpoints, leases) failed.
+    #[error("firehose state: {0}")]
+    State(#[from] StateError),
 }
 
 struct Running {
     spec: DeliverySpec,
     from_config: bool,
+    incarnation: u64,
+    /// When it was launched: a definitions snapshot taken before cannot
+    /// know it.
+    launched: Instant,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// The default destination of a delivery stream: `<data_dir>/firehose/<name>`.
@@ -204,17 +91,25 @@ pub fn default_directory(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("firehose").join(name)
 }
 
-/// The delivery streams of a collector, over any [`StreamStore`].
+/// The delivery streams of a collector, over any [`StreamStore`], their
+/// definitions, checkpoints and leases in a [`FirehoseState`].
 pub struct Manager<S> {
     store: S,
     data_dir: PathBuf,
     s3_defaults: Option<super::s3::S3Settings>,
+    state: Arc<dyn FirehoseState>,
     streams: Mutex<BTreeMap<String, Running>>,
+    /// The task following definitions made by other collectors (shared
+    /// state only).
+    follower: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
 impl<S> std::fmt::Debug for Manager<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("data_dir", &self.data_dir).finish_non_exhaustive()
+        f.debug_struct("Manager")
+            .field("data_dir", &self.data_dir)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
     }
 }
 
@@ -244,24 +139,65 @@ impl<S: StreamStore + Clone> Manager<S> {
         configured: Vec<DeliverySpec>,
         s3_defaults: Option<super::s3::S3Settings>,
     ) -> Result<Arc<Self>, ManagerError> {
+        let state = Arc::new(FileState::new(data_dir));
+        Self::start_with_state(store, data_dir, configured, s3_defaults, state).await
+    }
+
+    /// [`start_with_s3_defaults`](Self::start_with_s3_defaults) with the
+    /// definitions, checkpoints and leases in the JetStream KV bucket
+    /// `<prefix>firehose`, shared with the other collectors of the cluster
+    /// (see [`KvState`](super::state::KvState)); `collector_id` names this
+    /// collector in leases and must differ between collectors.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); the bucket cannot be opened or created.
+    #[cfg(feature = "jetstream")]
+    pub async fn start_with_jetstream(
+        store: S,
+        data_dir: &Path,
+        configured: Vec<DeliverySpec>,
+        s3_defaults: Option<super::s3::S3Settings>,
+        context: async_nats::jetstream::Context,
+        prefix: &str,
+        collector_id: &str,
+    ) -> Result<Arc<Self>, ManagerError> {
+        let state = super::state::KvState::open(context, prefix, collector_id).await?;
+        Self::start_with_state(store, data_dir, configured, s3_defaults, Arc::new(state)).await
+    }
+
+    /// Starts the configured delivery streams and the API-created ones of
+    /// `state`; with a shared state, follows the definitions other
+    /// collectors create and delete (every [`DEFINITIONS_POLL_INTERVAL`]).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with_state(
+        store: S,
+        data_dir: &Path,
+        configured: Vec<DeliverySpec>,
+        s3_defaults: Option<super::s3::S3Settings>,
+        state: Arc<dyn FirehoseState>,
+    ) -> Result<Arc<Self>, ManagerError> {
         let me = Arc::new(Self {
             store,
             data_dir: data_dir.to_path_buf(),
             s3_defaults,
+            state,
             streams: Mutex::new(BTreeMap::new()),
+            follower: std::sync::Mutex::new(None),
         });
-        let persisted = me.load()?;
+        let persisted = me.state.load_definitions().await?;
         let mut map = me.streams.lock().await;
-        for (spec, from_config) in configured
+        for (spec, from_config, incarnation) in configured
             .into_iter()
-            .map(|s| (s, true))
-            .chain(persisted.into_iter().map(|s| (s, false)))
+            .map(|s| (s, true, 0))
+            .chain(persisted.into_iter().map(|d| (d.spec, false, d.incarnation)))
         {
             if map.contains_key(&spec.name) {
                 tracing::warn!(delivery_stream = %spec.name, "declared twice; the first one runs");
                 continue;
             }
-            match me.launch(spec, from_config).await {
+            match me.launch(spec, from_config, incarnation).await {
                 Ok(running) => {
                     map.insert(running.spec.name.clone(), running);
                 }
@@ -273,6 +209,12 @@ impl<S: StreamStore + Clone> Manager<S> {
             }
         }
         drop(map);
+        if me.state.shared() {
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(follow(Arc::downgrade(&me), stopped));
+            *me.follower.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((stop, task));
+        }
         Ok(me)
     }
 
@@ -289,44 +231,17 @@ impl<S: StreamStore + Clone> Manager<S> {
         &self.data_dir
     }
 
-    fn state_dir(&self) -> PathBuf {
-        self.data_dir.join(STATE_DIR)
+    /// Where definitions, checkpoints and leases live.
+    pub fn state(&self) -> &Arc<dyn FirehoseState> {
+        &self.state
     }
 
-    fn load(&self) -> Result<Vec<DeliverySpec>, ManagerError> {
-        let path = self.state_dir().join(STREAMS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ManagerError::Invalid(FirehoseError::Checkpoint {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(source) => {
-                Err(ManagerError::Invalid(FirehoseError::Io { op: "reading", path, source }))
-            }
-        }
-    }
-
-    fn save(&self, map: &BTreeMap<String, Running>) -> Result<(), ManagerError> {
-        let specs: Vec<&DeliverySpec> =
-            map.values().filter(|r| !r.from_config).map(|r| &r.spec).collect();
-        let dir = self.state_dir();
-        let path = dir.join(STREAMS_FILE);
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ManagerError::Invalid(FirehoseError::Io { op, path, source })
-        };
-        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        let bytes = serde_json::to_vec_pretty(&specs).map_err(|e| {
-            io("encoding", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        })?;
-        // It can hold S3 secret keys and HTTP endpoint access keys.
-        weir_wire::durable_file::replace_private_file(&path, &bytes).map_err(io("replacing", &path))
-    }
-
-    async fn launch(&self, spec: DeliverySpec, from_config: bool) -> Result<Running, ManagerError> {
+    async fn launch(
+        &self,
+        spec: DeliverySpec,
+        from_config: bool,
+        incarnation: u64,
+    ) -> Result<Running, ManagerError> {
         let config = spec.delivery_config()?;
         if spec.source == Source::DirectPut {
             let options = CreateStreamOptions { shard_count: 1, ..CreateStreamOptions::default() };
@@ -335,8 +250,7 @@ impl<S: StreamStore + Clone> Manager<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let (stop, mut stopped) = watch::channel(false);
-        let store = self.store.clone();
+        let (stop, stopped) = watch::channel(false);
         let destination = AnyDestination::new(&spec)?;
         // Error output of a destination that stores no objects (HTTP) goes to
         // the delivery stream's directory unless a backup directory is set.
@@ -345,62 +259,48 @@ impl<S: StreamStore + Clone> Manager<S> {
             (None, false) => Some(DirectoryDestination::new(spec.directory.clone())),
             (None, true) => None,
         };
-        let checkpoint = self.state_dir().join(format!("{}.checkpoint", spec.name));
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            tokio::pin!(shutdown);
-            loop {
-                let opened = DeliveryStream::open_with_backup(
-                    store.clone(),
-                    destination.clone(),
-                    backup.clone(),
-                    config.clone(),
-                    checkpoint.clone(),
-                    Arc::new(SystemClock),
-                )
-                .await;
-                match opened {
-                    Ok((stream, _)) => {
-                        tracing::info!(delivery_stream = %config.name, "delivery stream started");
-                        stream.run(POLL_INTERVAL, &mut shutdown).await;
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(delivery_stream = %config.name, error = %e, "opening failed; retrying");
-                    }
-                }
-                tokio::select! {
-                    () = &mut shutdown => return,
-                    () = tokio::time::sleep(RETRY_OPEN) => {}
-                }
-            }
-        });
-        Ok(Running { spec, from_config, stop, task })
+        let worker = Worker {
+            store: self.store.clone(),
+            destination,
+            backup,
+            config,
+            state: self.state.clone(),
+            incarnation,
+        };
+        let task = tokio::spawn(worker.run(stopped));
+        Ok(Running { spec, from_config, incarnation, launched: Instant::now(), stop, task })
     }
 
     /// Creates and starts a delivery stream, and persists it.
     ///
     /// # Errors
-    /// The name is taken, a setting is invalid, the store failed.
+    /// The name is taken (here, or in the shared state by another
+    /// collector), a setting is invalid, the store or the state failed.
     pub async fn create(&self, spec: DeliverySpec) -> Result<(), ManagerError> {
         let mut map = self.streams.lock().await;
         if map.contains_key(&spec.name) {
             return Err(ManagerError::InUse(spec.name));
         }
         spec.delivery_config()?;
+        AnyDestination::new(&spec)?;
         let name = spec.name.clone();
-        let running = self.launch(spec, false).await?;
-        map.insert(running.spec.name.clone(), running);
-        if let Err(e) = self.save(&map) {
-            if let Some(r) = map.get(&name) {
-                let _ = r.stop.send(true);
+        let incarnation = match self.state.create_definition(&spec).await {
+            Ok(i) => i,
+            Err(StateError::Exists(n)) => return Err(ManagerError::InUse(n)),
+            Err(e) => return Err(e.into()),
+        };
+        match self.launch(spec, false, incarnation).await {
+            Ok(running) => {
+                map.insert(name, running);
+                Ok(())
             }
-            map.remove(&name);
-            return Err(e);
+            Err(e) => {
+                if let Err(undo) = self.state.delete_definition(&name).await {
+                    tracing::warn!(delivery_stream = %name, error = %undo, "removing the definition of a delivery stream that failed to start failed");
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// Stops and forgets a delivery stream (its internal stream of direct
@@ -415,21 +315,80 @@ impl<S: StreamStore + Clone> Manager<S> {
             Some(r) if r.from_config => return Err(ManagerError::FromConfig(name.to_owned())),
             Some(_) => {}
         }
+        match self.state.delete_definition(name).await {
+            // Deleted by another collector meanwhile: forget it here too.
+            Ok(()) | Err(StateError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let Some(running) = map.remove(name) else {
             return Err(ManagerError::NotFound(name.to_owned()));
         };
-        self.save(&map)?;
         drop(map);
-        let _ = running.stop.send(true);
-        let _ = running.task.await;
-        if running.spec.source == Source::DirectPut {
+        let (source, incarnation) = (running.spec.source.clone(), running.incarnation);
+        running.stop().await;
+        if source == Source::DirectPut {
             match self.store.delete_stream(&direct_put_stream(name)).await {
                 Ok(()) | Err(StoreError::StreamNotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let _ = std::fs::remove_file(self.state_dir().join(format!("{name}.checkpoint")));
+        self.state.delete_checkpoint(name, incarnation).await?;
         Ok(())
+    }
+
+    /// Brings the running API-created delivery streams in line with the
+    /// definitions of a shared state: starts those created elsewhere, stops
+    /// those deleted (or replaced) elsewhere. Definitions that fail to start
+    /// are in `failed`, warned about once.
+    async fn follow_definitions(&self, failed: &mut BTreeSet<(String, u64)>) {
+        let snapshot = Instant::now();
+        let definitions = match self.state.load_definitions().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading delivery stream definitions failed");
+                return;
+            }
+        };
+        let current: BTreeMap<&str, u64> =
+            definitions.iter().map(|d| (d.spec.name.as_str(), d.incarnation)).collect();
+        let mut map = self.streams.lock().await;
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(name, r)| {
+                !r.from_config
+                    && r.launched < snapshot
+                    && current.get(name.as_str()) != Some(&r.incarnation)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut stopping = Vec::new();
+        for name in gone {
+            if let Some(r) = map.remove(&name) {
+                tracing::info!(delivery_stream = %name, "deleted by another collector; stopped");
+                stopping.push(r);
+            }
+        }
+        for d in definitions {
+            let key = (d.spec.name.clone(), d.incarnation);
+            if map.contains_key(&d.spec.name) || failed.contains(&key) {
+                continue;
+            }
+            let name = d.spec.name.clone();
+            match self.launch(d.spec, false, d.incarnation).await {
+                Ok(running) => {
+                    tracing::info!(delivery_stream = %name, "created by another collector; started");
+                    map.insert(name, running);
+                }
+                Err(e) => {
+                    tracing::warn!(delivery_stream = %name, error = %e, "a delivery stream created by another collector cannot start here");
+                    failed.insert(key);
+                }
+            }
+        }
+        drop(map);
+        for r in stopping {
+            r.stop().await;
+        }
     }
 
     /// A delivery stream's definition.
@@ -468,8 +427,15 @@ impl<S: StreamStore + Clone> Manager<S> {
         Ok(self.store.append(&direct_put_stream(name), records).await?)
     }
 
-    /// Stops every delivery stream (each finishes its poll in progress).
+    /// Stops every delivery stream (each finishes its poll in progress and
+    /// releases its lease).
     pub async fn shutdown(&self) {
+        let follower =
+            self.follower.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some((stop, task)) = follower {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let running: Vec<Running> =
             std::mem::take(&mut *self.streams.lock().await).into_values().collect();
         for r in &running {
@@ -478,6 +444,23 @@ impl<S: StreamStore + Clone> Manager<S> {
         for r in running {
             let _ = r.task.await;
         }
+    }
+}
+
+/// Follows a shared state's definitions until `stopped` or the manager is
+/// gone.
+async fn follow<S: StreamStore + Clone>(
+    manager: std::sync::Weak<Manager<S>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut failed = BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(DEFINITIONS_POLL_INTERVAL) => {}
+        }
+        let Some(manager) = manager.upgrade() else { return };
+        manager.follow_definitions(&mut failed).await;
     }
 }
 

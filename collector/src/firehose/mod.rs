@@ -39,6 +39,9 @@ pub mod partition;
 pub mod prefix;
 pub mod query;
 pub mod s3;
+pub mod spec;
+pub mod state;
+mod worker;
 
 pub use checkpoint::{Checkpoint, PendingBatch, ShardCheckpoint};
 pub use config::{

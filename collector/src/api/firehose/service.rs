@@ -52,6 +52,7 @@ fn manager_error(e: ManagerError) -> ApiError {
         ManagerError::InUse(_) | ManagerError::FromConfig(_) => ErrorKind::ResourceInUse,
         ManagerError::NotDirectPut(_) | ManagerError::Invalid(_) => ErrorKind::InvalidArgument,
         ManagerError::Store(s) => return ApiError::from(s.clone()),
+        ManagerError::State(_) => ErrorKind::InternalFailure,
     };
     ApiError::new(kind, e.to_string())
 }

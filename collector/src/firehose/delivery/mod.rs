@@ -90,6 +90,7 @@ use super::config::DeliveryConfig;
 use super::destination::{Destination, DirectoryDestination, object_key};
 use super::encode::record_len;
 use super::error::FirehoseError;
+use super::state::{CheckpointStore, FileCheckpoints};
 use crate::store::{
     Clock, ReadLimits, ShardDescription, ShardPosition, StartingPosition, StoredRecord, StreamStore,
 };
@@ -104,6 +105,8 @@ pub const MAX_READS_PER_POLL: usize = 64;
 pub struct DeliveryStream<S, D> {
     store: S,
     output: Output<D>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    /// Where the checkpoint lives, for messages.
     checkpoint_path: PathBuf,
     checkpoint: Checkpoint,
     clock: Arc<dyn Clock>,
@@ -146,6 +149,26 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
         checkpoint_path: impl Into<PathBuf>,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, PollReport), FirehoseError> {
+        let checkpoints = Arc::new(FileCheckpoints::new(checkpoint_path));
+        Self::open_with_checkpoints(store, destination, backup, config, checkpoints, clock).await
+    }
+
+    /// [`open_with_backup`](Self::open_with_backup), with the checkpoint in
+    /// `checkpoints` (a file, or a key of the shared state held under a
+    /// lease): loading it claims it for this holder, and a save refused by
+    /// fencing fails the poll with [`FirehoseError::State`].
+    ///
+    /// # Errors
+    /// As [`open_with_backup`](Self::open_with_backup); a claim refused by
+    /// the state.
+    pub async fn open_with_checkpoints(
+        store: S,
+        destination: D,
+        backup: Option<DirectoryDestination>,
+        config: DeliveryConfig,
+        checkpoints: Arc<dyn CheckpointStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, PollReport), FirehoseError> {
         let prefix = config.validate()?;
         let error_prefix = config.error_prefix_template()?;
         let partitioner = config.partitioner()?;
@@ -154,18 +177,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                 "this destination needs a backup directory for its error output".into(),
             ));
         }
-        let checkpoint_path = checkpoint_path.into();
-        let checkpoint = {
-            let path = checkpoint_path.clone();
-            let (name, source) = (config.name.clone(), config.source_stream.clone());
-            tokio::task::spawn_blocking(move || Checkpoint::load(&path, &name, &source))
-                .await
-                .map_err(|_| FirehoseError::Cancelled)??
-        };
+        let checkpoint_path = checkpoints.location();
+        let checkpoint = checkpoints.load(&config.name, &config.source_stream).await?;
         let errors = ErrorOutput { prefix: error_prefix, backup };
         let mut me = Self {
             store,
             output: Output { destination, config, prefix, partitioner, errors },
+            checkpoints,
             checkpoint_path,
             checkpoint,
             clock,
@@ -241,11 +259,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
     }
 
     async fn save_checkpoint(&self) -> Result<(), FirehoseError> {
-        let c = self.checkpoint.clone();
-        let path = self.checkpoint_path.clone();
-        tokio::task::spawn_blocking(move || c.save(&path))
-            .await
-            .map_err(|_| FirehoseError::Cancelled)?
+        self.checkpoints.save(self.checkpoint.clone()).await
     }
 
     async fn stream_id(&mut self) -> Result<(u64, Vec<ShardDescription>), FirehoseError> {
