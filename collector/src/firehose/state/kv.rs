@@ -5,7 +5,8 @@
 //! # The bucket
 //!
 //! `<prefix>firehose` (the prefix from the caller, e.g. `weir_` →
-//! `weir_firehose`), history 1, file storage. It is created with one replica
+//! `weir_firehose`), history 1, file storage (stream `KV_<bucket>`, made as
+//! `create_key_value` would). It is created with one replica
 //! if missing; an operator who wants more creates it beforehand (an existing
 //! bucket is used as it is). Values are limited by the server's
 //! `max_payload` (1 MiB by default: a checkpoint of some 3,000 shards).
@@ -252,20 +253,33 @@ impl KvState {
         let kv = match context.get_key_value(&bucket).await {
             Ok(kv) => kv,
             Err(_missing) => {
-                let config = jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    description: "Weir firehose: delivery streams, checkpoints, leases".into(),
-                    history: 1,
-                    ..jetstream::kv::Config::default()
+                // The bucket's stream, as `create_key_value` would make it:
+                // that call first asks for the account info, which async-nats
+                // 0.48 cannot parse from a 2.9 server.
+                let config = jetstream::stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some(
+                        "Weir firehose: delivery streams, checkpoints, leases".into(),
+                    ),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    max_bytes: -1,
+                    max_message_size: -1,
+                    storage: jetstream::stream::StorageType::File,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    num_replicas: 1,
+                    ..jetstream::stream::Config::default()
                 };
-                match context.create_key_value(config).await {
-                    Ok(kv) => kv,
+                if let Err(create) = context.create_stream(config).await {
                     // Another collector may have created it meanwhile.
-                    Err(create) => match context.get_key_value(&bucket).await {
-                        Ok(kv) => kv,
-                        Err(_) => return Err(kv_error("creating bucket", &bucket)(create)),
-                    },
+                    if context.get_key_value(&bucket).await.is_err() {
+                        return Err(kv_error("creating bucket", &bucket)(create));
+                    }
                 }
+                context.get_key_value(&bucket).await.map_err(kv_error("opening bucket", &bucket))?
             }
         };
         Ok(Self {
