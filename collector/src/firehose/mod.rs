@@ -20,8 +20,14 @@
 //! - `delivery`: [`DeliveryStream`], the checkpointed consumer per shard that
 //!   follows resharding and flushes by size or interval; retries with backoff
 //!   for the retry duration, then the error output; the metrics.
+//! - `spec`: [`DeliverySpec`], a delivery stream's definition as declared
+//!   and as stored.
+//! - `state`: [`FirehoseState`](state::FirehoseState), where definitions,
+//!   checkpoints and delivery leases live: files of one collector, or a
+//!   JetStream KV bucket shared by several (lease and fencing in its header).
 //! - `manager`: [`Manager`], the running delivery streams of a collector
-//!   (`[[firehose]]` and API-created, persisted), one task each.
+//!   (`[[firehose]]` and API-created, persisted), one task each; `worker`:
+//!   that task, delivering only while it holds the delivery stream's lease.
 //! - `parquet`: [`ParquetSchema`], JSON records converted to one Parquet file
 //!   per batch (`parquet` feature).
 //! - `error`: [`FirehoseError`].

@@ -17,7 +17,13 @@
 //! a crash between (1) and (3), [`open`](DeliveryStream::open) delivers the
 //! same records under the same key again before anything else: the object is
 //! overwritten, never duplicated, and no record is skipped. After a failed
-//! poll the same happens at the next poll.
+//! poll the same happens at the next poll. The checkpoint is a file
+//! ([`open`](DeliveryStream::open)) or any
+//! [`CheckpointStore`](super::state::CheckpointStore)
+//! ([`open_with_checkpoints`](DeliveryStream::open_with_checkpoints)): in
+//! the shared KV state a save is refused once another collector's lease
+//! holder has claimed the checkpoint, and the same argument carries over to
+//! several collectors (see `state::kv`).
 //!
 //! # Retries and the error output
 //!
