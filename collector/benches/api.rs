@@ -249,7 +249,7 @@ impl Weir {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(weir_collector::run(
                 config,
-                |ready, _| {
+                |ready| {
                     let _ = ready_tx.send(ready.http);
                 },
                 async {

@@ -8,6 +8,11 @@
 //! fsync = "always"            # always | interval:<ms> | never
 //! segment_max_bytes = 134217728
 //! segment_max_age_secs = 3600
+//! # servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]  # set: the JetStream backend
+//! # replicas = 3               # 1 | 3 | 5, of every JetStream stream and bucket
+//! # prefix = "weir"            # of JetStream stream, subject and bucket names
+//! # credentials_file = "/etc/weir/nats.creds"  # or user = "..." with password = "..."
+//! # tls_ca_file = "/etc/weir/nats-ca.pem"      # set: TLS to the servers
 //!
 //! [http]
 //! listen = "127.0.0.1:4567"   # the Kinesis-compatible API, /health, /metrics
@@ -256,6 +261,21 @@ pub struct StoreSection {
     pub segment_max_age_secs: u64,
     /// How often retention runs (seconds).
     pub retention_check_interval_secs: u64,
+    /// NATS servers (`nats://HOST:PORT`); set, the records live in JetStream
+    /// instead of the embedded store (see `store::jetstream`).
+    pub servers: Vec<String>,
+    /// A NATS `.creds` file.
+    pub credentials_file: Option<PathBuf>,
+    /// NATS user, with `password`.
+    pub user: Option<String>,
+    /// NATS password, with `user`.
+    pub password: Option<String>,
+    /// CA certificates (PEM) the NATS servers' TLS certificates chain to.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Replicas of every JetStream stream the store creates: 1, 3 or 5.
+    pub replicas: usize,
+    /// Prefix of every JetStream name the store creates.
+    pub prefix: String,
 }
 
 impl Default for StoreSection {
@@ -266,6 +286,13 @@ impl Default for StoreSection {
             segment_max_bytes: d.segment_max_bytes,
             segment_max_age_secs: d.segment_max_age.as_secs(),
             retention_check_interval_secs: d.retention_check_interval.as_secs(),
+            servers: Vec::new(),
+            credentials_file: None,
+            user: None,
+            password: None,
+            tls_ca_file: None,
+            replicas: 1,
+            prefix: "weir".into(),
         }
     }
 }
@@ -511,6 +538,48 @@ impl Config {
         };
         config.validate().map_err(|e| self.invalid(&format!("store.{}", e.key), e.message))?;
         Ok(config)
+    }
+
+    /// The JetStream backend's settings, checked, if `[store] servers` is
+    /// set.
+    ///
+    /// # Errors
+    /// A wrong setting, by key.
+    #[cfg(feature = "jetstream")]
+    pub fn jetstream_settings(
+        &self,
+    ) -> Result<Option<crate::store::jetstream::JetStreamSettings>, ConfigError> {
+        if self.store.servers.is_empty() {
+            return Ok(None);
+        }
+        let s = &self.store;
+        let settings = crate::store::jetstream::JetStreamSettings {
+            servers: s.servers.clone(),
+            credentials_file: s.credentials_file.clone(),
+            user: s.user.clone(),
+            password: s.password.clone(),
+            tls_ca_file: s.tls_ca_file.clone(),
+            replicas: s.replicas,
+            prefix: s.prefix.clone(),
+        };
+        settings
+            .validate()
+            .map_err(|e| self.invalid(&format!("store.{}", e.setting), e.message))?;
+        Ok(Some(settings))
+    }
+
+    /// Without the `jetstream` feature: refuses `[store] servers`.
+    ///
+    /// # Errors
+    /// `[store] servers` is set.
+    #[cfg(not(feature = "jetstream"))]
+    pub fn jetstream_settings(&self) -> Result<Option<()>, ConfigError> {
+        if self.store.servers.is_empty() {
+            Ok(None)
+        } else {
+            Err(self
+                .invalid("store.servers", "this collector was built without the jetstream feature"))
+        }
     }
 }
 

@@ -50,6 +50,13 @@ pub enum RunError {
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    /// The JetStream store's settings or cluster are unusable.
+    #[cfg(feature = "jetstream")]
+    #[error("JetStream store: {0}")]
+    JetStream(#[from] store::jetstream::SettingsError),
+    /// The data directory could not be created.
+    #[error("data directory: {0}")]
+    DataDir(String),
     /// The HTTP listener could not start.
     #[error(transparent)]
     Http(#[from] api::StartError),
@@ -72,14 +79,41 @@ pub enum RunError {
 /// locked by another process, unreadable catalog, unrecoverable shard).
 pub async fn run(
     config: Config,
-    ready: impl FnOnce(&Ready, &LogStore),
+    ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let store_config = config.store_config()?;
     let mqtt_settings = config.mqtt_settings()?;
     let firehose_specs = config.firehose_specs()?;
+    #[cfg(feature = "jetstream")]
+    if let Some(settings) = config.jetstream_settings()? {
+        let store = store::jetstream::JetStreamStore::connect(settings).await?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            RunError::DataDir(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let shared = SharedFirehose {
+            context: store.context().clone(),
+            prefix: format!("{}_", store.settings().prefix),
+            collector_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+        };
+        return serve(config, mqtt_settings, firehose_specs, store, Some(shared), ready, shutdown)
+            .await;
+    }
+    #[cfg(not(feature = "jetstream"))]
+    config.jetstream_settings()?;
+    let store_config = config.store_config()?;
     let store = LogStore::open(&config.data_dir, store_config).await?;
-    serve(config, mqtt_settings, firehose_specs, store, ready, shutdown).await
+    serve(config, mqtt_settings, firehose_specs, store, None, ready, shutdown).await
+}
+
+/// Where several collectors keep their shared firehose state (the JetStream
+/// backend's KV), and who this collector is among them.
+struct SharedFirehose {
+    #[cfg(feature = "jetstream")]
+    context: async_nats::jetstream::Context,
+    #[cfg(feature = "jetstream")]
+    prefix: String,
+    #[cfg(feature = "jetstream")]
+    collector_id: String,
 }
 
 /// The service over an open `store`: everything above the store uses it only
@@ -90,19 +124,37 @@ async fn serve<S: StreamStore + Clone>(
     mqtt_settings: ingest::Settings,
     firehose_specs: Vec<firehose::DeliverySpec>,
     store: S,
-    ready: impl FnOnce(&Ready, &S),
+    shared_firehose: Option<SharedFirehose>,
+    ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let mut delivery: Option<std::sync::Arc<firehose::Manager<S>>> = None;
     let listeners = async {
         let s3_defaults = config.firehose_s3.as_ref().map(|s| s.settings(""));
-        let manager = firehose::Manager::start_with_s3_defaults(
-            store.clone(),
-            &config.data_dir,
-            firehose_specs,
-            s3_defaults,
-        )
-        .await?;
+        let manager = match shared_firehose {
+            #[cfg(feature = "jetstream")]
+            Some(shared) => {
+                firehose::Manager::start_with_jetstream(
+                    store.clone(),
+                    &config.data_dir,
+                    firehose_specs,
+                    s3_defaults,
+                    shared.context,
+                    &shared.prefix,
+                    &shared.collector_id,
+                )
+                .await?
+            }
+            _ => {
+                firehose::Manager::start_with_s3_defaults(
+                    store.clone(),
+                    &config.data_dir,
+                    firehose_specs,
+                    s3_defaults,
+                )
+                .await?
+            }
+        };
         delivery = Some(manager.clone());
         let http =
             api::HttpListener::start_with_firehose(&config, store.clone(), Some(manager)).await?;
@@ -129,16 +181,13 @@ async fn serve<S: StreamStore + Clone>(
             return Err(e);
         }
     };
-    ready(
-        &Ready {
-            data_dir: config.data_dir.clone(),
-            http: http.addr,
-            mqtt: ingest.mqtt,
-            mqtts: ingest.mqtts,
-            tls_ca,
-        },
-        &store,
-    );
+    ready(&Ready {
+        data_dir: config.data_dir.clone(),
+        http: http.addr,
+        mqtt: ingest.mqtt,
+        mqtts: ingest.mqtts,
+        tls_ca,
+    });
     shutdown.await;
     tracing::info!("shutting down");
     // Connections finish their appends before the store closes.

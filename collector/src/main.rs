@@ -51,6 +51,16 @@ struct ServeArgs {
     /// When appends are forced to disk: always, interval:<ms> or never [default: always].
     #[arg(long)]
     fsync: Option<String>,
+    /// Where records live: `embedded` (the data directory) or
+    /// `nats://HOST:PORT[,HOST:PORT...]` (a JetStream cluster) [default: embedded].
+    #[arg(long, value_name = "STORE")]
+    store: Option<String>,
+    /// Prefix of the JetStream names the store creates [default: weir].
+    #[arg(long, value_name = "PREFIX")]
+    store_prefix: Option<String>,
+    /// Replicas of the JetStream streams the store creates: 1, 3 or 5 [default: 1].
+    #[arg(long, value_name = "N")]
+    store_replicas: Option<usize>,
     /// Once serving, write what was bound (JSON) to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -106,6 +116,25 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<Config> {
         config.store.fsync.clone_from(fsync);
         config.origin = "command line".into();
     }
+    match args.store.as_deref() {
+        None => {}
+        Some("embedded") => config.store.servers.clear(),
+        Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => {
+            config.store.servers = url.split(',').map(|s| s.trim().to_owned()).collect();
+            config.origin = "command line".into();
+        }
+        Some(other) => anyhow::bail!(
+            "--store {other:?}: expected `embedded` or nats://HOST:PORT[,HOST:PORT...]"
+        ),
+    }
+    if let Some(prefix) = &args.store_prefix {
+        config.store.prefix.clone_from(prefix);
+        config.origin = "command line".into();
+    }
+    if let Some(replicas) = args.store_replicas {
+        config.store.replicas = replicas;
+        config.origin = "command line".into();
+    }
     if let Some(listen) = &args.http_listen {
         config.http.listen.clone_from(listen);
         config.origin = "command line".into();
@@ -122,6 +151,7 @@ fn config_from(args: &ServeArgs) -> anyhow::Result<Config> {
         config.mqtt.allow_anonymous = true;
     }
     config.store_config()?;
+    config.jetstream_settings()?;
     config.http_listen()?;
     config.mqtt_settings()?;
     Ok(config)
@@ -132,8 +162,8 @@ async fn serve(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()
     let mut ready_error = None;
     weir_collector::run(
         config,
-        |ready, store| {
-            tracing::info!(data_dir = %store.root().display(), "ready");
+        |ready| {
+            tracing::info!(data_dir = %ready.data_dir.display(), "ready");
             if let Some(path) = &ready_file
                 && let Err(e) = write_ready_file(path, ready)
             {

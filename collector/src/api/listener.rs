@@ -37,6 +37,9 @@ pub enum StartError {
     /// The token key could not be loaded or created.
     #[error("shard iterator key: {0}")]
     Key(#[from] KeyError),
+    /// The store's shared token key could not be read.
+    #[error("shard iterator key from the store: {0}")]
+    SharedKey(#[from] crate::store::StoreError),
 }
 
 /// A running HTTP listener.
@@ -76,7 +79,10 @@ impl HttpListener {
             region: config.kinesis_region()?.to_owned(),
             write_limits: config.kinesis.write_limits,
         };
-        let signer = TokenSigner::load_or_create(&config.data_dir)?;
+        let signer = match store.shared_token_key().await? {
+            Some(key) => TokenSigner::from_key(key),
+            None => TokenSigner::load_or_create(&config.data_dir)?,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;

@@ -148,6 +148,11 @@ impl TokenSigner {
         }
     }
 
+    /// A signer with a key shared by several collectors (kept by the store).
+    pub fn from_key(key: [u8; KEY_BYTES]) -> Self {
+        Self { key }
+    }
+
     /// A signer with a fresh random key (tests, benchmarks).
     pub fn ephemeral() -> Self {
         Self { key: rand::random() }

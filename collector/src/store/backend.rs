@@ -319,6 +319,16 @@ pub trait StreamStore: Send + Sync + 'static {
         changes: Vec<SettingsChange>,
     ) -> impl Future<Output = Result<StreamSettings, StoreError>> + Send;
 
+    /// The key API tokens (shard iterators, page tokens) are signed with, when
+    /// the store keeps one for every collector sharing it; `None` (the
+    /// embedded store) means each collector keeps its own in its data
+    /// directory.
+    fn shared_token_key(
+        &self,
+    ) -> impl Future<Output = Result<Option<[u8; 32]>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Closes the store once everything it acknowledged is durable; the
     /// collector calls it last, after its listeners finished their appends.
     fn close(&self) -> impl Future<Output = ()> + Send;

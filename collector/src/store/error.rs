@@ -100,6 +100,15 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shutting down")]
     ShuttingDown,
+    /// The JetStream backend failed an operation (unreachable cluster, no
+    /// quorum, a refused request).
+    #[error("JetStream {op}: {reason}")]
+    Backend {
+        /// What was being done.
+        op: &'static str,
+        /// The cause, as the client reported it.
+        reason: String,
+    },
     /// The stream enforces per-shard write limits and this shard's budget for
     /// the current second is spent; the record was not appended (retry later).
     #[error("rate exceeded for shard {shard} in stream {stream:?}")]

@@ -60,7 +60,7 @@ pub struct LogStore {
 }
 
 /// The wire crate's stream-name rule, refused in the store's words.
-fn validate_stream_name(name: &str) -> Result<(), StoreError> {
+pub(super) fn validate_stream_name(name: &str) -> Result<(), StoreError> {
     weir_wire::validate::validate_stream_name(name).map_err(|_| {
         StoreError::InvalidArgument(format!(
             "stream name {name:?} must be 1 to {MAX_STREAM_NAME_CHARS} characters of a-z, A-Z, 0-9, '_', '.', '-'"
@@ -68,7 +68,7 @@ fn validate_stream_name(name: &str) -> Result<(), StoreError> {
     })
 }
 
-fn validate_retention(hours: u32) -> Result<(), StoreError> {
+pub(super) fn validate_retention(hours: u32) -> Result<(), StoreError> {
     if (MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
         Ok(())
     } else {
@@ -184,7 +184,7 @@ fn spawn_retention_task(store: Weak<Inner>, every: std::time::Duration) {
     });
 }
 
-fn validate_tag_count(count: usize) -> Result<(), StoreError> {
+pub(super) fn validate_tag_count(count: usize) -> Result<(), StoreError> {
     if count > MAX_TAGS_PER_STREAM {
         return Err(StoreError::LimitExceeded(format!(
             "a stream carries at most {MAX_TAGS_PER_STREAM} tags, {count} asked for"
@@ -193,7 +193,7 @@ fn validate_tag_count(count: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn settings_of(meta: &StreamMeta) -> StreamSettings {
+pub(super) fn settings_of(meta: &StreamMeta) -> StreamSettings {
     StreamSettings { mode: meta.mode, write_limits: meta.write_limits, tags: meta.tags.clone() }
 }
 

@@ -32,6 +32,8 @@ pub mod config;
 mod data_dir;
 mod env;
 pub mod error;
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 pub mod log_store;
 pub mod producer;
 pub mod recovery;

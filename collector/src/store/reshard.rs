@@ -215,7 +215,10 @@ fn active_meta<'c>(catalog: &'c Catalog, name: &str) -> Result<&'c StreamMeta, S
 }
 
 /// The metadata of shard `id`, if it is open.
-fn open_shard_meta<'m>(meta: &'m StreamMeta, id: &str) -> Result<&'m ShardMeta, StoreError> {
+pub(super) fn open_shard_meta<'m>(
+    meta: &'m StreamMeta,
+    id: &str,
+) -> Result<&'m ShardMeta, StoreError> {
     let shard = parse_shard_id(id).and_then(|i| meta.shard(i)).ok_or_else(|| {
         StoreError::ShardNotFound { stream: meta.name.clone(), shard: id.to_owned() }
     })?;
