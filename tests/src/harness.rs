@@ -94,6 +94,9 @@ impl Collector {
         // parallel never collide. `extra` may override them (last flag wins).
         cmd.arg("--mqtts-listen").arg("127.0.0.1:0");
         cmd.arg("--http-listen").arg("127.0.0.1:0");
+        if let Some(url) = test_store() {
+            cmd.arg("--store").arg(url).arg("--store-prefix").arg(store_prefix(data_dir));
+        }
         cmd.args(extra);
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let command_line = format!("{cmd:?}");
@@ -434,8 +437,67 @@ pub async fn read_stream_records(
     data_dir: &Path,
     stream: &str,
 ) -> Option<Vec<(String, weir_collector::store::StoredRecord)>> {
-    use weir_collector::store::{LogStore, ReadLimits, StartingPosition, StoreConfig, StreamStore};
+    use weir_collector::store::{LogStore, StoreConfig};
+    if let Some(url) = test_store() {
+        return read_all(&jetstream_store(&url, data_dir).await, stream).await;
+    }
     let store = LogStore::open(data_dir, StoreConfig::default()).await.expect("open the store");
+    read_all(&store, stream).await
+}
+
+/// Creates a stream the way a test collector on `data_dir` will find it: in
+/// the embedded store of that (unused) data directory, or in the test
+/// JetStream server under the directory's prefix.
+///
+/// # Panics
+/// When the store cannot be opened or the stream created.
+pub async fn create_stream_for(
+    data_dir: &Path,
+    name: &str,
+    options: weir_collector::store::CreateStreamOptions,
+    settings: weir_collector::store::StreamSettings,
+) {
+    use weir_collector::store::{LogStore, StoreConfig, StreamStore};
+    if let Some(url) = test_store() {
+        let store = jetstream_store(&url, data_dir).await;
+        store.create_stream_with(name, options, settings).await.expect("create");
+        store.close().await;
+        return;
+    }
+    let store = LogStore::open(data_dir, StoreConfig::default()).await.expect("open the store");
+    store.create_stream_with(name, options, settings).await.expect("create");
+    store.close().await;
+}
+
+/// Whether `stream` of a *running* test collector on `data_dir` holds a
+/// record yet: its stream directory has appeared (embedded store), or a read
+/// through JetStream finds one.
+pub async fn stream_has_data(data_dir: &Path, stream: &str) -> bool {
+    match test_store() {
+        Some(_) => read_stream_records(data_dir, stream).await.is_some_and(|r| !r.is_empty()),
+        None => std::fs::read_dir(data_dir.join("streams")).is_ok_and(|mut d| d.next().is_some()),
+    }
+}
+
+async fn jetstream_store(
+    url: &str,
+    data_dir: &Path,
+) -> weir_collector::store::jetstream::JetStreamStore {
+    let settings = weir_collector::store::jetstream::JetStreamSettings {
+        prefix: store_prefix(data_dir),
+        ..weir_collector::store::jetstream::JetStreamSettings::from_url(url)
+            .expect("WEIR_TEST_NATS_URL")
+    };
+    weir_collector::store::jetstream::JetStreamStore::connect(settings)
+        .await
+        .expect("connect to JetStream")
+}
+
+async fn read_all<S: weir_collector::store::StreamStore>(
+    store: &S,
+    stream: &str,
+) -> Option<Vec<(String, weir_collector::store::StoredRecord)>> {
+    use weir_collector::store::{ReadLimits, StartingPosition};
     let Ok(desc) = store.describe_stream(stream).await else {
         store.close().await;
         return None;
@@ -460,4 +522,28 @@ pub async fn read_stream_records(
     }
     store.close().await;
     Some(out)
+}
+
+/// The store backend the tests run against: `None` for the embedded store,
+/// or the JetStream server's URL when `WEIR_TEST_STORE=nats`
+/// (`WEIR_TEST_NATS_URL`, default `nats://127.0.0.1:4222`). The test command
+/// runs the Kinesis API and MQTT ingest tests once per backend.
+pub fn test_store() -> Option<String> {
+    match std::env::var("WEIR_TEST_STORE").as_deref() {
+        Ok("nats") => Some(
+            std::env::var("WEIR_TEST_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+        ),
+        _ => None,
+    }
+}
+
+/// The JetStream name prefix of a test collector's data directory: the same
+/// directory (a restarted collector) gets the same prefix, another one a
+/// fresh namespace, so tests running at once never see each other's streams.
+pub fn store_prefix(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    format!("t{:016x}", h.finish())
 }

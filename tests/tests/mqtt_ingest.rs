@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mqtt_support::*;
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
-use weir_collector::store::{CreateStreamOptions, LogStore, StoreConfig, StreamStore};
+use weir_collector::store::CreateStreamOptions;
 use weir_tests::harness::{Collector, binary};
 use weir_wire::{OwnedBatch, OwnedRecord, encode_batch_to_vec};
 
@@ -193,11 +193,13 @@ payload = "batch"
 async fn refusals_get_reason_codes_in_v5_and_close_v311_connections() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    {
-        let store = LogStore::open(&data, StoreConfig::default()).await.expect("store");
-        store.create_stream("known", CreateStreamOptions::default()).await.expect("create");
-        store.close().await;
-    }
+    weir_tests::harness::create_stream_for(
+        &data,
+        "known",
+        CreateStreamOptions::default(),
+        Default::default(),
+    )
+    .await;
     let config = config_file(tmp.path(), "[mqtt]\nauto_create_streams = false\n");
     let mut c = start_in(&data, tmp.path(), &["--config", config.to_str().expect("utf-8 path")]);
     let plain = addr(&c, "mqtt");
@@ -367,9 +369,14 @@ async fn a_second_connection_takes_the_session_over() {
     });
     // Wait until the first connection's publish is acknowledged, then connect
     // the second with the same client id.
-    let seen = weir_tests::harness::wait_for(Duration::from_secs(30), || {
-        std::fs::read_dir(c.data_dir.join("streams")).is_ok_and(|mut d| d.next().is_some())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = false;
+    while !seen && std::time::Instant::now() < deadline {
+        seen = weir_tests::harness::stream_has_data(&c.data_dir, "takeover").await;
+        if !seen {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     assert!(seen, "{}", c.report());
     let report = publish(
         &Conn::new(plain, Version::V5, "same-id"),
@@ -419,15 +426,14 @@ async fn per_shard_write_limits_answer_quota_exceeded() {
     use weir_collector::store::StreamSettings;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    {
-        let store = LogStore::open(&data, StoreConfig::default()).await.expect("store");
-        let settings = StreamSettings { write_limits: true, ..StreamSettings::default() };
-        store
-            .create_stream_with("limited", CreateStreamOptions::default(), settings)
-            .await
-            .expect("create");
-        store.close().await;
-    }
+    let settings = StreamSettings { write_limits: true, ..StreamSettings::default() };
+    weir_tests::harness::create_stream_for(
+        &data,
+        "limited",
+        CreateStreamOptions::default(),
+        settings,
+    )
+    .await;
     let mut c = start_in(&data, tmp.path(), &[]);
     let plain = addr(&c, "mqtt");
     // One shard takes 1,000 records per second: a burst of 1,500 goes over.

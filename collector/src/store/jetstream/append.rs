@@ -192,6 +192,14 @@ async fn publish_group(
 ) -> GroupOutcome {
     let max = store.inner.max_payload.saturating_sub(HEADER_ROOM).max(1);
     let chunks = pack::chunks(records, max);
+    if let Some(big) = records.iter().map(pack::record_len).find(|l| *l + 64 > max) {
+        let e = StoreError::InvalidArgument(format!(
+            "a record of {big} bytes does not fit the NATS servers' max_payload of {} bytes; \
+             raise max_payload on the servers (Kinesis records reach 1 MiB; 8MB is safe)",
+            store.inner.max_payload
+        ));
+        return GroupOutcome { results: vec![Some(Err(e)); records.len()] };
+    }
     let base = store.subject_base(meta.id, index);
     let mut results: Vec<Option<Result<Option<Appended>, StoreError>>> = vec![None; records.len()];
     let appended = |seq: u64, i: usize| Appended {

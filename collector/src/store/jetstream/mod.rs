@@ -101,6 +101,10 @@ use super::throttle::WriteLimiter;
 use catalog::KvCatalog;
 pub use settings::{JetStreamSettings, SettingsError};
 
+/// The server `max_payload` below which the largest Kinesis records (1 MiB
+/// of data plus key and framing) no longer fit one message.
+pub const MIN_COMFORTABLE_PAYLOAD: usize = 2 << 20;
+
 /// Bits of an offset that hold the record's index in its message.
 pub const INDEX_BITS: u32 = 16;
 
@@ -160,6 +164,13 @@ impl JetStreamStore {
             .await
             .map_err(|e| bucket_error(&settings, &e))?;
         let max_payload = client.server_info().max_payload;
+        if max_payload < MIN_COMFORTABLE_PAYLOAD {
+            tracing::warn!(
+                max_payload,
+                "the NATS servers' max_payload is below 2 MiB: records near Kinesis's 1 MiB \
+                 limit will be refused; set max_payload: 8MB in the server configuration"
+            );
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
