@@ -357,6 +357,7 @@ impl Config {
         })?;
         config.origin = path.display().to_string();
         config.store_config()?;
+        config.jetstream_settings()?;
         config.http_listen()?;
         config.kinesis_region()?;
         config.mqtt_settings()?;

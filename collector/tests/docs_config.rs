@@ -44,7 +44,19 @@ fn marked_examples_are_valid_collector_configurations() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3);
+    // The README's "Running several collectors" guide.
+    let readme = docs().join("../README.md");
+    let text = std::fs::read_to_string(&readme).expect("read the README");
+    let blocks = checked_blocks(&text, marker);
+    assert_eq!(blocks.len(), 1, "the README has one checked example");
+    for block in blocks {
+        match weir_collector::Config::parse(&block, &readme) {
+            Ok(c) => assert!(!c.store.servers.is_empty(), "the guide's example uses JetStream"),
+            Err(e) => panic!("README: example does not parse: {e}\n{block}"),
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
 }
 
 #[test]

@@ -1,0 +1,113 @@
+//! The JetStream backend's bad configurations: each stops the collector at
+//! start, within seconds, with an error naming the `[store]` setting to fix,
+//! instead of hanging. Each case runs a nats-server of its own on a free
+//! loopback port (never the machine's 4222).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weir_tests::harness::{Collector, free_port, wait_for};
+
+/// How long a refused start may take (the connect timeout is 5 s).
+const START_FAILS_WITHIN: Duration = Duration::from_secs(20);
+
+fn nats_server() -> PathBuf {
+    std::env::var_os("NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|f| f.is_file())
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+/// A standalone nats-server with JetStream (and `extra` flags), killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new(nats_server())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (apt-get install nats-server)");
+        let up = wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "nats-server did not listen on {port}");
+        Self { child, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a collector with `args`, expects it to exit unsuccessfully within
+/// [`START_FAILS_WITHIN`], and returns its log.
+fn refused(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = Collector::spawn(&tmp.path().join("data"), tmp.path(), args);
+    let status = c.wait_exit(START_FAILS_WITHIN);
+    let log = c.log();
+    match status {
+        Some(s) => assert!(!s.success(), "the collector started anyway\n{log}"),
+        None => {
+            c.signal("KILL");
+            panic!("the collector neither started nor failed within {START_FAILS_WITHIN:?}\n{log}");
+        }
+    }
+    log
+}
+
+#[test]
+fn unreachable_servers_name_store_servers() {
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let log = refused(&["--store", &url]);
+    assert!(log.contains("store.servers") && log.contains(&url), "{log}");
+}
+
+#[test]
+fn refused_credentials_name_store_user() {
+    let server = Server::start(&["--user", "weir", "--pass", "right"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("collector.toml");
+    let toml = format!(
+        "[store]\nservers = [\"{}\"]\nuser = \"weir\"\npassword = \"wrong\"\n",
+        server.url()
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let log = refused(&["--config", config.to_str().expect("utf-8 path")]);
+    assert!(log.contains("store.user") && log.contains("credentials"), "{log}");
+}
+
+#[test]
+fn more_replicas_than_servers_name_store_replicas() {
+    let server = Server::start(&[]);
+    let log = refused(&["--store", &server.url(), "--store-replicas", "3"]);
+    assert!(log.contains("store.replicas"), "{log}");
+}
+
+#[test]
+fn replicas_outside_one_three_five_are_refused_before_connecting() {
+    let log = refused(&["--store", "nats://127.0.0.1:9", "--store-replicas", "2"]);
+    assert!(log.contains("store.replicas") && log.contains("not 1, 3 or 5"), "{log}");
+}
