@@ -19,8 +19,12 @@ use super::super::shard::{sequence_of, shard_id};
 use super::catalog::MAX_CAS_RETRIES;
 use super::{JetStreamStore, backend_error, offset_of, pack};
 
-/// How many times records that met a sealed shard are routed again.
-pub const MAX_REROUTES: usize = 8;
+/// How long records that met a sealed or leaderless shard are retried
+/// (rerouted through a fresh catalog) before the append answers an error.
+pub const REROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// First pause before such a retry; doubled up to [`MAX_PAUSE`].
+const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Payload bytes kept free below the server's `max_payload` for headers.
 const HEADER_ROOM: usize = 4 * 1024;
 /// How deep the lineage is searched for a producer's last batch.
@@ -57,9 +61,18 @@ pub(super) async fn append(
             Err(e) => results[i] = Some(Err(e.into())),
         }
     }
-    for attempt in 0..=MAX_REROUTES {
-        if pending.is_empty() {
+    let deadline = tokio::time::Instant::now() + REROUTE_WAIT;
+    let mut pause = FIRST_PAUSE;
+    for attempt in 0.. {
+        if pending.is_empty() || (attempt > 0 && tokio::time::Instant::now() >= deadline) {
             break;
+        }
+        if attempt > 0 {
+            // A shard refused: sealed by a reshard (the catalog, read again,
+            // routes elsewhere) or without a leader for a moment (a server
+            // of the cluster died): wait a little, bounded by REROUTE_WAIT.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
         }
         let v = if attempt == 0 {
             store.inner.catalog.cached(stream).await?
@@ -114,10 +127,10 @@ pub(super) async fn append(
         }
     }
     for (i, _) in pending {
-        results[i] = Some(Err(StoreError::StreamNotActive {
-            stream: stream.to_owned(),
-            status: StreamStatus::Updating.as_str(),
-        }));
+        results[i] = Some(Err(backend_error(
+            "publishing",
+            format!("no JetStream leader took the records within {REROUTE_WAIT:?}; retry"),
+        )));
     }
     Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::ShuttingDown))).collect())
 }
