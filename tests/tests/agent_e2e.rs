@@ -631,8 +631,12 @@ fn host_metrics_arrive_as_one_json_record_per_sample() {
     // Two samples: the second has CPU figures over a whole interval.
     assert!(
         agent.wait_status(SHIP_TIMEOUT, |s| {
+            // At least two samples acknowledged. (Not "shipped == sampled": the
+            // sampler keeps producing every second, so on a loaded machine a
+            // status snapshot may always catch the newest sample unshipped.)
             let sampled = status::input_records(s, 0);
-            sampled > 0 && s["shipped"]["records"].as_u64() == Some(sampled) && sampled >= 2 * 15
+            let shipped = s["shipped"]["records"].as_u64().unwrap_or(0);
+            shipped >= 2 * 15 && shipped <= sampled
         }),
         "no metrics shipped\n{}",
         failure(&agent, &w.collector)
