@@ -8,7 +8,11 @@
 //! cargo bench -p weir-collector --bench api                      # Weir only
 //! cargo bench -p weir-collector --bench api -- --kinesalite      # and kinesalite (npm)
 //! cargo bench -p weir-collector --bench api -- --runs 3 --seconds 5 --connections 8 --shards 4 --fsync always
+//! cargo bench -p weir-collector --bench api -- --store nats://127.0.0.1:PORT [--store-replicas 3]
 //! ```
+//!
+//! With `--store`, the collector keeps the records in JetStream (servers with
+//! `max_payload` of at least 1 MiB; each run uses its own name prefix).
 //!
 //! The collector runs in this process (its own runtime and threads) on a
 //! fresh temp data directory; kinesalite is installed with npm into
@@ -60,6 +64,13 @@ struct Args {
     /// The collector's fsync policy.
     #[arg(long, default_value = "always")]
     fsync: String,
+    /// Store the records in JetStream (`nats://HOST:PORT[,...]`) instead of
+    /// the embedded store; each run gets its own name prefix.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Replicas of the JetStream streams, with `--store`.
+    #[arg(long, default_value_t = 1)]
+    store_replicas: usize,
     /// Run kinesalite (installed with npm) under the same load too.
     #[arg(long)]
     kinesalite: bool,
@@ -237,11 +248,16 @@ struct Weir {
 }
 
 impl Weir {
-    fn start(fsync: &str) -> anyhow::Result<Self> {
+    fn start(fsync: &str, store: Option<(&str, usize)>, run: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir_in(bench_dir())?;
         let mut config =
             weir_collector::Config { data_dir: dir.path().join("data"), ..Default::default() };
         config.store.fsync = fsync.to_owned();
+        if let Some((url, replicas)) = store {
+            config.store.servers = url.split(',').map(str::to_owned).collect();
+            config.store.replicas = replicas;
+            config.store.prefix = format!("bench{}r{run}", std::process::id());
+        }
         config.http.listen = "127.0.0.1:0".into();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -347,11 +363,15 @@ fn main() -> anyhow::Result<()> {
         "Kinesis API: PutRecords of {BATCH} x {RECORD_BYTES} B over {} connections for {} s, {} shards, fsync {}; GetRecords from TRIM_HORIZON; {} runs",
         a.connections, a.seconds, a.shards, a.fsync, a.runs
     );
+    if let Some(url) = &a.store {
+        println!("store: JetStream at {url}, R{}", a.store_replicas);
+    }
     let (mut wp, mut wg, mut kp, mut kg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..a.runs {
         let stream = format!("bench-{run}");
         {
-            let weir = Weir::start(&a.fsync)?;
+            let store = a.store.as_deref().map(|u| (u, a.store_replicas));
+            let weir = Weir::start(&a.fsync, store, run)?;
             rt.block_on(create_and_wait(&http, weir.addr, &stream, a.shards))?;
             wp.push(rt.block_on(put_load(&http, weir.addr, &stream, &a))?);
             wg.push(rt.block_on(get_load(&http, weir.addr, &stream, a.shards))?);
