@@ -13,9 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long outstanding acknowledgements may take once sending stops.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// QoS 0 publishes per QoS 1 barrier in the `qos0` case.
-const QOS0_GROUP: usize = 100;
+pub(super) const QOS0_GROUP: usize = 100;
+/// Records per publish in the `batch` case (messages per burst for JetStream).
+pub(super) const BATCH_RECORDS: usize = 100;
 /// Password of the `bench` user the generator logs in as.
 pub(super) const BENCH_PASSWORD: &str = "bench-password";
 
@@ -58,7 +60,7 @@ pub(super) struct Figures {
 fn payload(case: &Case, conn: usize) -> Vec<u8> {
     match case.mode {
         Mode::Batch => {
-            let records = (0..100)
+            let records = (0..BATCH_RECORDS)
                 .map(|i| {
                     weir_wire::OwnedRecord::new(format!("c{conn}-k{i}"), vec![b'x'; case.payload])
                 })
@@ -98,6 +100,19 @@ pub(super) async fn load(
         bytes += r.bytes;
         latencies.extend(r.latencies_us);
     }
+    Ok(figures(case.mode, acked, bytes, latencies, seconds))
+}
+
+/// A run's figures from what was acknowledged in its measured `seconds`:
+/// `acked` publishes (window slots' worth), `bytes` of payload, and each
+/// slot's publish→acknowledgement latency in µs.
+pub(super) fn figures(
+    mode: Mode,
+    acked: u64,
+    bytes: u64,
+    mut latencies: Vec<u32>,
+    seconds: f64,
+) -> Figures {
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -105,13 +120,13 @@ pub(super) async fn load(
             .map_or(0.0, |us| f64::from(*us) / 1000.0)
     };
     let msgs = acked as f64 / seconds;
-    Ok(Figures {
+    Figures {
         msgs_per_sec: msgs,
-        records_per_sec: if case.mode == Mode::Batch { msgs * 100.0 } else { msgs },
+        records_per_sec: if mode == Mode::Batch { msgs * BATCH_RECORDS as f64 } else { msgs },
         mb_per_sec: bytes as f64 / seconds / 1e6,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
-    })
+    }
 }
 
 struct ConnResult {

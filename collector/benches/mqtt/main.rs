@@ -1,6 +1,6 @@
 //! MQTT ingest benchmark: a load generator run against the collector and, in
-//! the same run, against a Mosquitto broker, alternating, so both see the
-//! same machine at the same half hour.
+//! the same run, against a Mosquitto broker and a raw JetStream publisher,
+//! alternating, so all see the same machine at the same half hour.
 //!
 //! ```text
 //! cargo bench -p weir-collector --bench mqtt                         # every case, 3 runs x 3 s each
@@ -8,11 +8,14 @@
 //! cargo bench -p weir-collector --bench mqtt -- --runs 5 --seconds 5 --mosquitto 127.0.0.1:1883 \
 //!     --dir /path/on/the/disk --shards 2 --fsync always
 //! cargo bench -p weir-collector --bench mqtt -- --filter qos1 --connections 256 --window 16 --payload 512
+//! cargo bench -p weir-collector --bench mqtt -- --filter qos1-100B --jetstream-cluster  # also R3 on 3 nodes
+//! cargo bench -p weir-collector --bench mqtt -- --jetstream nats://127.0.0.1:14222      # a server of yours
 //! ```
 //!
 //! `--connections`, `--window` (publishes in flight per connection) and
 //! `--payload` (bytes per message, per record for batches) override every
-//! selected case; `--mosquitto off` runs Weir alone.
+//! selected case; `--mosquitto off` and `--jetstream off` leave those peers
+//! out.
 //!
 //! The collector is the release binary, started as its own process on an
 //! empty data directory (default `target/tmp/bench-mqtt` in the workspace's
@@ -37,22 +40,36 @@
 //!   `weir/<stream>/$batch`, 16 connections, 8 in flight each; Mosquitto gets
 //!   the same bytes as plain QoS 1 messages (it stores nothing).
 //!
+//! The JetStream peer (`jetstream`, not for the TLS case) publishes the same
+//! cases with async-nats from the same number of connections and window,
+//! with acknowledgements, to a file-storage stream it creates per run: target
+//! `js-r1`, an R1 stream on a nats-server the bench starts on a free port
+//! with its store in the bench directory (`--jetstream start`, the default;
+//! skipped when nats-server is not installed), or on the server at
+//! `--jetstream URL[,URL]`; with `--jetstream-cluster` also `js-r3`, an R3
+//! stream on a 3-node cluster the bench starts on loopback. nats-server is
+//! `$NATS_SERVER`, `nats-server` on `PATH` or `/usr/sbin/nats-server`. A batch
+//! is a burst of 100 JetStream publishes (JetStream has no batch publish),
+//! QoS 0 is 100 plain NATS publishes closed by one acknowledged publish.
+//!
 //! Reported per case and target: acknowledged messages/s (and records/s for
 //! batches), MB/s of payload, and publish→acknowledgement latency p50/p99,
 //! each the median of the runs with min..max.
 //!
 //! This file holds the options, the cases and the report; `load` is the
-//! generator (connections, frames, figures) and `servers` the servers under
-//! test as processes.
+//! generator (connections, frames, figures), `jetstream` the JetStream peer
+//! and `servers` the servers under test as processes.
 
+mod jetstream;
 mod load;
 mod servers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use jetstream::JetStreamTarget;
 use load::{Case, Figures, Mode, Target, load};
-use servers::{CollectorProcess, MosquittoTls};
+use servers::{CollectorProcess, MosquittoTls, NatsProcesses};
 
 /// MQTT ingest benchmark: a load generator against the collector and Mosquitto.
 #[derive(clap::Parser)]
@@ -69,6 +86,14 @@ struct Args {
     /// The Mosquitto broker to compare with (plain MQTT), or `off`.
     #[arg(long, default_value = "127.0.0.1:1883", value_parser = parse_mosquitto)]
     mosquitto: ::std::option::Option<SocketAddr>,
+    /// The JetStream peer: `start` its own nats-server, a server's
+    /// `URL[,URL]`, or `off`.
+    #[arg(long, default_value = "start", value_parser = parse_jetstream)]
+    jetstream: JetStreamPeer,
+    /// Also publish to an R3 stream on a 3-node nats-server cluster the
+    /// bench starts on loopback.
+    #[arg(long)]
+    jetstream_cluster: bool,
     /// The collector's data directory (on the disk under test).
     // Cargo runs benches from the package directory: a relative path would
     // land in the source tree.
@@ -97,6 +122,50 @@ struct Args {
 /// `--mosquitto`: an address, or `off` for none.
 fn parse_mosquitto(v: &str) -> Result<Option<SocketAddr>, String> {
     if v == "off" { Ok(None) } else { v.parse().map(Some).map_err(|e| format!("{v}: {e}")) }
+}
+
+/// `--jetstream`: where the JetStream peer publishes.
+#[derive(Clone)]
+enum JetStreamPeer {
+    /// A nats-server the bench starts (in its directory, on a free port).
+    Start,
+    /// A running server (or cluster): its client URLs.
+    Urls(Vec<String>),
+    Off,
+}
+
+fn parse_jetstream(v: &str) -> Result<JetStreamPeer, String> {
+    match v {
+        "start" => Ok(JetStreamPeer::Start),
+        "off" => Ok(JetStreamPeer::Off),
+        urls if urls.split(',').all(|u| u.starts_with("nats://")) => {
+            Ok(JetStreamPeer::Urls(urls.split(',').map(str::to_owned).collect()))
+        }
+        _ => Err(format!("{v}: not `start`, `off` or nats://HOST:PORT[,...]")),
+    }
+}
+
+/// What one run sends its load to.
+#[derive(Clone)]
+enum Peer {
+    Mqtt(Target),
+    JetStream(JetStreamTarget),
+}
+
+impl Peer {
+    fn name(&self) -> &'static str {
+        match self {
+            Peer::Mqtt(t) => t.name,
+            Peer::JetStream(t) => t.name,
+        }
+    }
+
+    async fn load(&self, case: &Case, stream: &str, seconds: f64) -> Result<Figures, String> {
+        match self {
+            Peer::Mqtt(t) => load(case, t, stream, seconds).await,
+            Peer::JetStream(t) => jetstream::load(case, t, stream, seconds).await,
+        }
+    }
 }
 
 const CASES: &[Case] = &[
@@ -191,10 +260,58 @@ async fn bench(args: Args) -> Result<(), String> {
     } else {
         None
     };
+    let needs_jetstream = cases.iter().any(|c| !c.tls);
+    let mut nats_servers: Vec<NatsProcesses> = Vec::new();
+    let mut jetstream_targets: Vec<JetStreamTarget> = Vec::new();
+    let mut jetstream_notes: Vec<String> = Vec::new();
+    match &args.jetstream {
+        JetStreamPeer::Off => {}
+        _ if !needs_jetstream => {}
+        JetStreamPeer::Urls(urls) => {
+            jetstream_notes.push(format!("js-r1 on {}", urls.join(",")));
+            jetstream_targets.push(JetStreamTarget {
+                name: "js-r1",
+                urls: urls.clone(),
+                replicas: 1,
+            });
+        }
+        JetStreamPeer::Start => match NatsProcesses::start(&args.dir.join("nats"), 1).await? {
+            Some(nats) => {
+                jetstream_notes.push(format!("js-r1 on its own {}", nats.version));
+                jetstream_targets.push(JetStreamTarget {
+                    name: "js-r1",
+                    urls: nats.urls.clone(),
+                    replicas: 1,
+                });
+                nats_servers.push(nats);
+            }
+            None => eprintln!(
+                "(no nats-server: no JetStream peer; `apt-get install nats-server` or set $NATS_SERVER)"
+            ),
+        },
+    }
+    if args.jetstream_cluster && needs_jetstream {
+        let nats = NatsProcesses::start(&args.dir.join("nats-cluster"), 3).await?.ok_or(
+            "--jetstream-cluster: nats-server is not installed (apt-get install nats-server)",
+        )?;
+        jetstream_notes.push(format!("js-r3 on a 3-node loopback cluster of {}", nats.version));
+        jetstream_targets.push(JetStreamTarget {
+            name: "js-r3",
+            urls: nats.urls.clone(),
+            replicas: 3,
+        });
+        nats_servers.push(nats);
+    }
     println!(
         "MQTT ingest benchmark: {} runs x {} s per case and target (after 1 s warm-up), collector fsync {}, {} shards per stream",
         args.runs, args.seconds, args.fsync, args.shards
     );
+    if !jetstream_notes.is_empty() {
+        println!(
+            "JetStream peer: acknowledged publishes to a file-storage stream, {}",
+            jetstream_notes.join("; ")
+        );
+    }
     println!(
         "{:<16} {:<10} {:>26} {:>14} {:>18} {:>18}",
         "case", "target", "acked msg/s", "records/s", "MB/s", "p50 / p99 ms"
@@ -210,17 +327,18 @@ async fn bench(args: Args) -> Result<(), String> {
         );
     }
     for case in &cases {
-        let mut targets: Vec<Target> = Vec::new();
+        let mut targets: Vec<Peer> = Vec::new();
         if case.tls {
-            targets.push(weir_tls.clone());
+            targets.push(Peer::Mqtt(weir_tls.clone()));
             if let Some(m) = &mosquitto_tls {
-                targets.push(m.target.clone());
+                targets.push(Peer::Mqtt(m.target.clone()));
             }
         } else {
-            targets.push(weir_plain.clone());
+            targets.push(Peer::Mqtt(weir_plain.clone()));
             if let Some(addr) = args.mosquitto {
-                targets.push(Target { name: "mosquitto", addr, tls: None });
+                targets.push(Peer::Mqtt(Target { name: "mosquitto", addr, tls: None }));
             }
+            targets.extend(jetstream_targets.iter().cloned().map(Peer::JetStream));
         }
         let mut results: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
         for run in 0..args.runs {
@@ -228,14 +346,15 @@ async fn bench(args: Args) -> Result<(), String> {
             for k in 0..targets.len() {
                 let t = (k + run) % targets.len();
                 let stream = format!("bench-{}-{run}", case.name.replace('.', "_"));
-                let f = load(case, &targets[t], &stream, args.seconds).await?;
+                let f = targets[t].load(case, &stream, args.seconds).await?;
                 results[t].push(f);
             }
         }
         for (t, figures) in targets.iter().zip(&results) {
             let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
             let (msgs, lo, hi) = m(|f| f.msgs_per_sec);
-            let records = if case.mode == Mode::Batch && t.name == "weir" {
+            // Mosquitto stores nothing: its batch publishes are no records.
+            let records = if case.mode == Mode::Batch && t.name() != "mosquitto" {
                 format!("{:.0}", m(|f| f.records_per_sec).0)
             } else {
                 "-".into()
@@ -243,7 +362,7 @@ async fn bench(args: Args) -> Result<(), String> {
             println!(
                 "{:<16} {:<10} {:>10.0} ({:>6.0}..{:<6.0}) {:>14} {:>18.1} {:>8.2} / {:<8.2}",
                 case.name,
-                t.name,
+                t.name(),
                 msgs,
                 lo,
                 hi,
@@ -256,6 +375,7 @@ async fn bench(args: Args) -> Result<(), String> {
     }
     println!("collector peak RSS: {} MiB", collector.peak_rss_kib() / 1024);
     drop(mosquitto_tls);
+    drop(nats_servers);
     drop(collector);
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())

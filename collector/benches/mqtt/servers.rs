@@ -1,6 +1,8 @@
 //! The servers under test, as processes: the release collector (plain and
-//! TLS listeners, a `bench` user for TLS) and a second Mosquitto with a TLS
-//! listener for the TLS comparison.
+//! TLS listeners, a `bench` user for TLS), a second Mosquitto with a TLS
+//! listener for the TLS comparison, and nats-server with JetStream (one, or
+//! a 3-node loopback cluster) for the JetStream peer. Benches cannot use the
+//! test crate's harness, so the NATS starter here is a small one of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -171,4 +173,149 @@ impl Drop for MosquittoTls {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// JetStream limits of the bench's nats-servers: a 3 s run of 1 KiB messages
+/// stays far below; the stream of each run is deleted after it.
+const NATS_MAX_FILE_STORE: &str = "8GB";
+const NATS_MAX_MEMORY_STORE: &str = "256MB";
+
+/// The `nats-server` binary: `$NATS_SERVER`, else `nats-server` on `PATH`,
+/// else `/usr/sbin/nats-server`; `None` when there is none.
+fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path).map(|d| d.join("nats-server")).find(|p| p.is_file())
+        })
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.exists()))
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("bind 127.0.0.1:0: {e}"))
+}
+
+/// nats-server processes with JetStream on loopback: one server, or a
+/// cluster whose nodes route to each other (server names `n0`, `n1`, ...).
+/// Each has its own free client, route and monitoring ports and its own store
+/// directory under the bench's directory; all are killed when dropped.
+pub(super) struct NatsProcesses {
+    children: Vec<Child>,
+    /// Client URLs, one per node.
+    pub(super) urls: Vec<String>,
+    /// `nats-server --version`.
+    pub(super) version: String,
+}
+
+impl NatsProcesses {
+    /// Starts `nodes` servers under `dir` and waits until every one answers
+    /// `/healthz` (JetStream ready; in a cluster, current with an elected
+    /// meta leader). `Ok(None)` when nats-server is not installed.
+    pub(super) async fn start(dir: &Path, nodes: usize) -> Result<Option<Self>, String> {
+        let Some(bin) = nats_server_binary() else { return Ok(None) };
+        let version = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut ports = Vec::new();
+        for _ in 0..nodes {
+            ports.push((free_port()?, free_port()?, free_port()?));
+        }
+        let mut logs = Vec::new();
+        let mut process = Self { children: Vec::new(), urls: Vec::new(), version };
+        for (i, &(client, route, monitor)) in ports.iter().enumerate() {
+            let node_dir = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| format!("{}: {e}", node_dir.display()))?;
+            let store = node_dir.join("store");
+            let mut conf = format!(
+                "server_name: \"n{i}\"\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\n\
+                 jetstream {{\n  store_dir: \"{}\"\n  max_file_store: {NATS_MAX_FILE_STORE}\n  \
+                 max_memory_store: {NATS_MAX_MEMORY_STORE}\n}}\n",
+                store.display()
+            );
+            if nodes > 1 {
+                conf.push_str(&format!(
+                    "cluster {{\n  name: \"weir-bench\"\n  listen: \"127.0.0.1:{route}\"\n  routes: [\n"
+                ));
+                for (j, &(_, other, _)) in ports.iter().enumerate() {
+                    if j != i {
+                        conf.push_str(&format!("    \"nats-route://127.0.0.1:{other}\"\n"));
+                    }
+                }
+                conf.push_str("  ]\n}\n");
+            }
+            let conf_path = node_dir.join("nats-server.conf");
+            std::fs::write(&conf_path, conf)
+                .map_err(|e| format!("{}: {e}", conf_path.display()))?;
+            let log_path = node_dir.join("nats-server.log");
+            let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+            process.children.push(child);
+            logs.push(log_path);
+            process.urls.push(format!("nats://127.0.0.1:{client}"));
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        for (&(_, _, monitor), log) in ports.iter().zip(&logs) {
+            loop {
+                let ok = http_get(monitor, "/healthz").await.is_some_and(|b| b.contains("\"ok\""));
+                let leader = nodes == 1
+                    || http_get(monitor, "/jsz").await.is_some_and(|b| {
+                        serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|j| {
+                            j["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
+                        })
+                    });
+                if ok && leader {
+                    break;
+                }
+                if Instant::now() > deadline
+                    || process.children.iter_mut().any(|c| c.try_wait().ok().flatten().is_some())
+                {
+                    return Err(format!(
+                        "nats-server did not get JetStream ready within {START_TIMEOUT:?}; see {}",
+                        log.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Some(process))
+    }
+}
+
+impl Drop for NatsProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The body of `GET path` from a monitoring port on 127.0.0.1, if it answers.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), request).await.ok().flatten()
 }
