@@ -200,6 +200,26 @@ pub struct ReadBatch {
     pub end_of_shard: Option<Vec<String>>,
 }
 
+/// An untagged append's results: a record of an append without a producer
+/// tag is never a duplicate, so `Ok(None)` there is a store bug, reported as
+/// an error rather than dropped.
+pub(super) fn untagged(
+    results: Vec<Result<Option<Appended>, StoreError>>,
+) -> Vec<Result<Appended, StoreError>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.and_then(|a| {
+                a.ok_or_else(|| {
+                    StoreError::InvalidArgument(
+                        "an untagged append was taken for a duplicate".into(),
+                    )
+                })
+            })
+        })
+        .collect()
+}
+
 /// The operations every stream store offers.
 ///
 /// Appends are acknowledged (their future resolves `Ok`) only once durable

@@ -68,6 +68,32 @@ pub(super) fn validate_stream_name(name: &str) -> Result<(), StoreError> {
     })
 }
 
+/// The offset `s` names in shard `index` (`shard` is its id), whose records
+/// end before `end`.
+///
+/// # Errors
+/// [`StoreError::InvalidArgument`] if `s` belongs to another shard or lies
+/// past the shard's last record.
+pub(super) fn sequence_offset(
+    s: &SequenceNumber,
+    index: u64,
+    shard: &str,
+    end: u64,
+) -> Result<u64, StoreError> {
+    if s.shard_index != index {
+        return Err(StoreError::InvalidArgument(format!(
+            "sequence number {s} belongs to {}, not {shard}",
+            shard_id(s.shard_index)
+        )));
+    }
+    if s.offset >= end {
+        return Err(StoreError::InvalidArgument(format!(
+            "sequence number {s} is past the last record of {shard}"
+        )));
+    }
+    Ok(s.offset)
+}
+
 pub(super) fn validate_retention(hours: u32) -> Result<(), StoreError> {
     if (MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
         Ok(())
@@ -323,18 +349,7 @@ impl StreamStore for LogStore {
         records: Vec<NewRecord>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         let results = self.append_tagged(stream, records, None).await?;
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.and_then(|a| {
-                    a.ok_or_else(|| {
-                        StoreError::InvalidArgument(
-                            "an untagged append was taken for a duplicate".into(),
-                        )
-                    })
-                })
-            })
-            .collect())
+        Ok(super::backend::untagged(results))
     }
 
     async fn append_batch(
@@ -365,20 +380,7 @@ impl StreamStore for LogStore {
         let handle = state.shard(index).ok_or_else(not_found)?;
         let shared = handle.shared().clone();
         let end = shared.next_offset();
-        let check_seq = |s: &SequenceNumber| {
-            if s.shard_index != index {
-                return Err(StoreError::InvalidArgument(format!(
-                    "sequence number {s} belongs to {}, not {shard}",
-                    shard_id(s.shard_index)
-                )));
-            }
-            if s.offset >= end {
-                return Err(StoreError::InvalidArgument(format!(
-                    "sequence number {s} is past the last record of {shard}"
-                )));
-            }
-            Ok(s.offset)
-        };
+        let check_seq = |s: &SequenceNumber| sequence_offset(s, index, shard, end);
         let offset = match start {
             StartingPosition::TrimHorizon => shared.trim_horizon(),
             StartingPosition::Latest => end,

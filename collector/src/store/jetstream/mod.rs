@@ -429,18 +429,7 @@ impl StreamStore for JetStreamStore {
         records: Vec<NewRecord>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         let results = append::append(self, stream, records, None).await?;
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.and_then(|a| {
-                    a.ok_or_else(|| {
-                        StoreError::InvalidArgument(
-                            "an untagged append was taken for a duplicate".into(),
-                        )
-                    })
-                })
-            })
-            .collect())
+        Ok(super::backend::untagged(results))
     }
 
     async fn append_batch(

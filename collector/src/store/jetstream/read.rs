@@ -9,6 +9,7 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use super::super::backend::{ReadBatch, ReadLimits, ShardPosition, StartingPosition, StoredRecord};
 use super::super::catalog::{ShardMeta, StreamMeta};
 use super::super::error::StoreError;
+use super::super::log_store::sequence_offset;
 use super::super::shard::{parse_shard_id, sequence_of, shard_id};
 use super::super::stream::children_of;
 use super::catalog::PENDING_END;
@@ -87,20 +88,7 @@ pub(super) async fn position(
     let (first, last) = bounds(store, &meta, index).await?;
     let trim = offset_of(first, 0);
     let end = offset_of(last + 1, 0);
-    let check_seq = |s: &super::super::sequence::SequenceNumber| {
-        if s.shard_index != index {
-            return Err(StoreError::InvalidArgument(format!(
-                "sequence number {s} belongs to {}, not {shard}",
-                shard_id(s.shard_index)
-            )));
-        }
-        if s.offset >= end {
-            return Err(StoreError::InvalidArgument(format!(
-                "sequence number {s} is past the last record of {shard}"
-            )));
-        }
-        Ok(s.offset)
-    };
+    let check_seq = |s| sequence_offset(s, index, shard, end);
     let offset = match start {
         StartingPosition::TrimHorizon => trim,
         StartingPosition::Latest => end,

@@ -241,38 +241,16 @@ impl KvState {
         if collector_id.is_empty() || collector_id.len() > MAX_COLLECTOR_ID_BYTES {
             return Err(StateError::InvalidCollectorId(collector_id.chars().take(80).collect()));
         }
-        let kv = match context.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_missing) => {
-                // The bucket's stream, as `create_key_value` would make it:
-                // that call first asks for the account info, which async-nats
-                // 0.48 cannot parse from a 2.9 server.
-                let config = jetstream::stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some(
-                        "Weir firehose: delivery streams, checkpoints, leases".into(),
-                    ),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_bytes: -1,
-                    max_message_size: -1,
-                    storage: jetstream::stream::StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..jetstream::stream::Config::default()
-                };
-                if let Err(create) = context.create_stream(config).await {
-                    // Another collector may have created it meanwhile.
-                    if context.get_key_value(&bucket).await.is_err() {
-                        return Err(kv_error("creating bucket", &bucket)(create));
-                    }
-                }
-                context.get_key_value(&bucket).await.map_err(kv_error("opening bucket", &bucket))?
-            }
-        };
+        // Created like the store's catalog bucket (`create_key_value` cannot
+        // read a 2.9 server's account info), with one replica.
+        let kv = crate::store::jetstream::catalog::open_bucket(
+            &context,
+            &bucket,
+            1,
+            "Weir firehose: delivery streams, checkpoints, leases",
+        )
+        .await
+        .map_err(kv_error("opening bucket", &bucket))?;
         Ok(Self {
             kv,
             bucket,
