@@ -241,7 +241,30 @@ pub fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Option<(u16
     let out = String::from_utf8_lossy(&out);
     let (head, body) = out.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    // Servers send large bodies of unknown length chunked (nats-server's
+    // /jsz with stream details does).
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked { dechunk(body)? } else { body.to_owned() };
+    Some((status, body))
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body, `None` if malformed.
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 /// The value of the sample `<name>{<labels>}` in Prometheus text (`labels`
