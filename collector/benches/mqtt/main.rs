@@ -10,7 +10,17 @@
 //! cargo bench -p weir-collector --bench mqtt -- --filter qos1 --connections 256 --window 16 --payload 512
 //! cargo bench -p weir-collector --bench mqtt -- --filter qos1-100B --jetstream-cluster  # also R3 on 3 nodes
 //! cargo bench -p weir-collector --bench mqtt -- --jetstream nats://127.0.0.1:14222      # a server of yours
+//! cargo bench -p weir-collector --bench mqtt -- --weir-jetstream --jetstream-cluster \
+//!     --filter qos1-100B --mosquitto off     # Weir over JetStream R1 and R3 against raw JetStream
+//! cargo bench -p weir-collector --bench mqtt -- --store nats://127.0.0.1:14222 --store-replicas 1
 //! ```
+//!
+//! `--store nats://...` runs the `weir` target on that JetStream instead of
+//! its embedded store. `--weir-jetstream` adds a collector over each
+//! JetStream peer's own servers: `weir-js-r1` (the single server) and, with
+//! `--jetstream-cluster`, `weir-js-r3` (R3 streams on the 3-node cluster),
+//! each compared in the report with the raw publishes to the same servers
+//! (`weir-js-r1 / js-r1`: acknowledged messages/s, records/s for batches).
 //!
 //! `--connections`, `--window` (publishes in flight per connection) and
 //! `--payload` (bytes per message, per record for batches) override every
@@ -69,7 +79,7 @@ use std::path::PathBuf;
 
 use jetstream::JetStreamTarget;
 use load::{Case, Figures, Mode, Target, load};
-use servers::{CollectorProcess, MosquittoTls, NatsProcesses};
+use servers::{CollectorProcess, MosquittoTls, NatsProcesses, StoreArg};
 
 /// MQTT ingest benchmark: a load generator against the collector and Mosquitto.
 #[derive(clap::Parser)]
@@ -94,6 +104,18 @@ struct Args {
     /// bench starts on loopback.
     #[arg(long)]
     jetstream_cluster: bool,
+    /// Also run a collector over each JetStream peer's servers (targets
+    /// `weir-js-r1`, and `weir-js-r3` with `--jetstream-cluster`), against
+    /// the raw JetStream publishes to the same servers.
+    #[arg(long)]
+    weir_jetstream: bool,
+    /// The `weir` target's store: `embedded` (its data directory) or
+    /// `nats://HOST:PORT[,HOST:PORT...]` (a JetStream of yours).
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Replicas of the `weir` target's JetStream streams (with `--store nats://`).
+    #[arg(long, default_value_t = 1)]
+    store_replicas: u8,
     /// The collector's data directory (on the disk under test).
     // Cargo runs benches from the package directory: a relative path would
     // land in the source tree.
@@ -246,7 +268,17 @@ async fn bench(args: Args) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
-    let collector = CollectorProcess::start(&args.dir, args.shards, &args.fsync)?;
+    let store = match args.store.as_str() {
+        "embedded" => None,
+        urls if urls.starts_with("nats://") => Some(StoreArg {
+            urls: urls.to_owned(),
+            replicas: args.store_replicas,
+            prefix: format!("benchmqtt{}", std::process::id()),
+        }),
+        other => return Err(format!("--store {other}: expected embedded or nats://HOST:PORT")),
+    };
+    let collector =
+        CollectorProcess::start(&args.dir.join("weir"), args.shards, &args.fsync, store.as_ref())?;
     let weir_plain = Target { name: "weir", addr: collector.mqtt, tls: None };
     let weir_tls = Target {
         name: "weir",
@@ -302,9 +334,32 @@ async fn bench(args: Args) -> Result<(), String> {
         });
         nats_servers.push(nats);
     }
+    // Collectors over the JetStream peers' servers, same servers as the raw
+    // publishes: `weir-js-r1`, `weir-js-r3`.
+    let mut weir_on_jetstream: Vec<(&'static str, CollectorProcess)> = Vec::new();
+    if args.weir_jetstream {
+        for t in &jetstream_targets {
+            let name = if t.replicas == 1 { "weir-js-r1" } else { "weir-js-r3" };
+            let store = StoreArg {
+                urls: t.urls.join(","),
+                replicas: t.replicas as u8,
+                prefix: format!("benchweir{}", t.replicas),
+            };
+            let dir = args.dir.join(name);
+            weir_on_jetstream
+                .push((name, CollectorProcess::start(&dir, args.shards, &args.fsync, Some(&store))?));
+        }
+    }
     println!(
-        "MQTT ingest benchmark: {} runs x {} s per case and target (after 1 s warm-up), collector fsync {}, {} shards per stream",
-        args.runs, args.seconds, args.fsync, args.shards
+        "MQTT ingest benchmark: {} runs x {} s per case and target (after 1 s warm-up), collector fsync {}, {} shards per stream, weir on {}",
+        args.runs,
+        args.seconds,
+        args.fsync,
+        args.shards,
+        store.as_ref().map_or("its embedded store".to_owned(), |s| format!(
+            "JetStream {} (R{})",
+            s.urls, s.replicas
+        ))
     );
     if !jetstream_notes.is_empty() {
         println!(
@@ -335,6 +390,9 @@ async fn bench(args: Args) -> Result<(), String> {
             }
         } else {
             targets.push(Peer::Mqtt(weir_plain.clone()));
+            for (name, c) in &weir_on_jetstream {
+                targets.push(Peer::Mqtt(Target { name: *name, addr: c.mqtt, tls: None }));
+            }
             if let Some(addr) = args.mosquitto {
                 targets.push(Peer::Mqtt(Target { name: "mosquitto", addr, tls: None }));
             }
@@ -350,6 +408,15 @@ async fn bench(args: Args) -> Result<(), String> {
                 results[t].push(f);
             }
         }
+        let rate = |name: &str| {
+            let (_, f) = targets.iter().zip(&results).find(|(t, _)| t.name() == name)?;
+            let per: fn(&Figures) -> f64 = if case.mode == Mode::Batch {
+                |f| f.records_per_sec
+            } else {
+                |f| f.msgs_per_sec
+            };
+            Some(median(f.iter().map(per).collect()).0)
+        };
         for (t, figures) in targets.iter().zip(&results) {
             let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
             let (msgs, lo, hi) = m(|f| f.msgs_per_sec);
@@ -372,9 +439,19 @@ async fn bench(args: Args) -> Result<(), String> {
                 m(|f| f.p99_ms).0
             );
         }
+        for (weir, raw) in [("weir-js-r1", "js-r1"), ("weir-js-r3", "js-r3")] {
+            if let (Some(w), Some(r)) = (rate(weir), rate(raw)) {
+                let what = if case.mode == Mode::Batch { "records/s" } else { "acked msg/s" };
+                println!("{:<16} {weir} / {raw}: {:.2}x {what}", case.name, w / r.max(1.0));
+            }
+        }
     }
-    println!("collector peak RSS: {} MiB", collector.peak_rss_kib() / 1024);
+    println!("collector peak RSS: weir {} MiB", collector.peak_rss_kib() / 1024);
+    for (name, c) in &weir_on_jetstream {
+        println!("collector peak RSS: {name} {} MiB", c.peak_rss_kib() / 1024);
+    }
     drop(mosquitto_tls);
+    drop(weir_on_jetstream);
     drop(nats_servers);
     drop(collector);
     let _ = std::fs::remove_dir_all(&args.dir);

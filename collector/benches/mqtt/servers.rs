@@ -16,6 +16,15 @@ use super::load::{BENCH_PASSWORD, Target};
 /// How long a server may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A JetStream store for a collector under test: `--store`, replicas and the
+/// stream-name prefix (one per collector, so runs never share streams).
+#[derive(Clone, Debug)]
+pub(super) struct StoreArg {
+    pub(super) urls: String,
+    pub(super) replicas: u8,
+    pub(super) prefix: String,
+}
+
 /// The collector under test, as a process.
 pub(super) struct CollectorProcess {
     child: Child,
@@ -26,8 +35,15 @@ pub(super) struct CollectorProcess {
 
 impl CollectorProcess {
     /// Starts the release collector on an empty `dir` with `shards` shards
-    /// per auto-created stream and fsync `fsync`.
-    pub(super) fn start(dir: &Path, shards: u32, fsync: &str) -> Result<Self, String> {
+    /// per auto-created stream and fsync `fsync`, on its embedded store or
+    /// on JetStream (`store`).
+    pub(super) fn start(
+        dir: &Path,
+        shards: u32,
+        fsync: &str,
+        store: Option<&StoreArg>,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let data = dir.join("data");
         let ready = dir.join("ready.json");
         let config = dir.join("collector.toml");
@@ -44,8 +60,14 @@ impl CollectorProcess {
         )
         .map_err(|e| format!("{}: {e}", config.display()))?;
         let log = std::fs::File::create(dir.join("collector.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-collector"))
-            .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--mqtts-listen", "127.0.0.1:0"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir-collector"));
+        command.arg("serve");
+        if let Some(s) = store {
+            command.args(["--store", &s.urls, "--store-prefix", &s.prefix]);
+            command.args(["--store-replicas", &s.replicas.to_string()]);
+        }
+        let child = command
+            .args(["--mqtt-listen", "127.0.0.1:0", "--mqtts-listen", "127.0.0.1:0"])
             .args(["--http-listen", "127.0.0.1:0", "--allow-anonymous", "--fsync", fsync])
             .arg("--config")
             .arg(&config)
