@@ -75,6 +75,8 @@ struct Node {
     cluster_port: Option<u16>,
     store_dir: PathBuf,
     config_path: PathBuf,
+    /// Lines appended to the generated configuration (e.g. authorization).
+    extra_config: String,
     log_path: PathBuf,
     child: Option<Child>,
     command_line: String,
@@ -92,6 +94,7 @@ impl Node {
             http_port: free_port(),
             cluster_port: clustered.then(free_port),
             config_path: dir.join("nats-server.conf"),
+            extra_config: String::new(),
             log_path: dir.join("nats-server.log"),
             store_dir,
             child: None,
@@ -122,6 +125,7 @@ impl Node {
             }
             conf.push_str("  ]\n}\n");
         }
+        conf.push_str(&self.extra_config);
         std::fs::write(&self.config_path, conf).expect("write nats-server.conf");
     }
 
@@ -231,9 +235,19 @@ impl NatsServer {
     /// When nats-server is missing or JetStream is not ready within
     /// [`NATS_READY_TIMEOUT`], with the server's report.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Starts a server whose configuration also has `extra` (nats-server
+    /// configuration syntax, e.g. `authorization { user: u, password: p }`).
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub fn start_with_config(extra: &str) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         for attempt in 1..=START_ATTEMPTS {
             let mut node = Node::new(tmp.path().join(format!("try{attempt}")), "n0".into(), false);
+            node.extra_config = format!("{extra}\n");
             node.write_config(&[]);
             node.spawn();
             let deadline = Instant::now() + NATS_READY_TIMEOUT;

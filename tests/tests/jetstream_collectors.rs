@@ -3,7 +3,6 @@
 //! stream at once the catalog ends with one lineage and no record is lost or
 //! duplicated.
 
-mod jetstream_support;
 mod kinesis_support;
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,15 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, ShardIteratorType};
-use jetstream_support::Server;
 use kinesis_support::ops::{create, drain, iterator};
 use kinesis_support::sdk;
+use weir_tests::nats::NatsServer;
 use weir_tests::harness::Collector;
 
 /// Split/merge rounds the two collectors race.
 const ROUNDS: usize = 6;
 
-fn collector(server: &Server, prefix: &str) -> (Collector, Client) {
+fn collector(server: &NatsServer, prefix: &str) -> (Collector, Client) {
     let c = Collector::start(&["--store", &server.url(), "--store-prefix", prefix]);
     let client = sdk(c.http_addr());
     (c, client)
@@ -52,7 +51,7 @@ async fn read_all(client: &Client, stream: &str) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_iterators_cross_collectors() {
-    let server = Server::start(&[]);
+    let server = NatsServer::start();
     let (_a, a) = collector(&server, "cross");
     let (_b, b) = collector(&server, "cross");
     create(&a, "shared", 2).await;
@@ -82,7 +81,7 @@ async fn open_shards(client: &Client) -> Vec<Shard> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_splits_and_merges_keep_one_lineage_and_every_record_once() {
-    let server = Server::start(&[]);
+    let server = NatsServer::start();
     let (_a, a) = collector(&server, "race");
     let (_b, b) = collector(&server, "race");
     create(&a, "race", 2).await;

@@ -3,11 +3,10 @@
 //! instead of hanging. Each case runs a nats-server of its own on a free
 //! loopback port (never the machine's 4222).
 
-mod jetstream_support;
 
 use std::time::Duration;
 
-use jetstream_support::Server;
+use weir_tests::nats::NatsServer;
 use weir_tests::harness::{Collector, free_port};
 
 /// How long a refused start may take (the connect timeout is 5 s).
@@ -39,7 +38,7 @@ fn unreachable_servers_name_store_servers() {
 
 #[test]
 fn refused_credentials_name_store_user() {
-    let server = Server::start(&["--user", "weir", "--pass", "right"]);
+    let server = NatsServer::start_with_config("authorization { user: weir, password: right }");
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = tmp.path().join("collector.toml");
     let toml = format!(
@@ -53,7 +52,7 @@ fn refused_credentials_name_store_user() {
 
 #[test]
 fn more_replicas_than_servers_name_store_replicas() {
-    let server = Server::start(&[]);
+    let server = NatsServer::start();
     let log = refused(&["--store", &server.url(), "--store-replicas", "3"]);
     assert!(log.contains("store.replicas"), "{log}");
 }
