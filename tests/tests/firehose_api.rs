@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_sdk_firehose::Client;
-use aws_sdk_firehose::config::retry::RetryConfig;
-use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
@@ -25,15 +23,7 @@ mod kinesis_support;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn sdk(addr: SocketAddr) -> Client {
-    let conf = aws_sdk_firehose::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(Credentials::new("weir", "weir", None, None, "weir-tests"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .retry_config(RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
+    kinesis_support::firehose_sdk(addr)
 }
 
 fn code<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(

@@ -267,7 +267,6 @@ url = "http://{down_addr}/ingest"
 /// puts reach the endpoint (no gzip, no access key), and Describe shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_created_http_endpoint_delivery_stream_delivers() {
-    use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_firehose::primitives::Blob;
     use aws_sdk_firehose::types::{
         HttpEndpointBufferingHints, HttpEndpointConfiguration,
@@ -280,15 +279,7 @@ async fn api_created_http_endpoint_delivery_stream_delivers() {
     let collector =
         Collector::start_in(&tmp.path().join("data"), tmp.path(), &["--fsync", "never"]);
     let addr = collector.http_addr();
-    let client = aws_sdk_firehose::Client::from_conf(
-        aws_sdk_firehose::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://{addr}"))
-            .credentials_provider(Credentials::new("weir", "weir", None, None, "weir-tests"))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build(),
-    );
+    let client = kinesis_support::firehose_sdk(addr);
     let url = format!("http://{endpoint_addr}/ingest");
     let http = HttpEndpointDestinationConfiguration::builder()
         .endpoint_configuration(

@@ -46,6 +46,27 @@ pub fn sdk_with_timeout(addr: SocketAddr, timeout: Duration) -> Client {
     Client::from_conf(config(addr).timeout_config(timeouts).build())
 }
 
+/// The AWS SDK's Firehose client, pointed at the collector's HTTP listener
+/// the same way (plain HTTP, retries off).
+pub fn firehose_sdk(addr: SocketAddr) -> aws_sdk_firehose::Client {
+    aws_sdk_firehose::Client::from_conf(
+        aws_sdk_firehose::Config::builder()
+            .behavior_version(aws_sdk_firehose::config::BehaviorVersion::latest())
+            .region(aws_sdk_firehose::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .credentials_provider(aws_sdk_firehose::config::Credentials::new(
+                "weir",
+                "weir",
+                None,
+                None,
+                "weir-tests",
+            ))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .retry_config(aws_sdk_firehose::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
 fn config(addr: SocketAddr) -> aws_sdk_kinesis::config::Builder {
     aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
