@@ -6,21 +6,22 @@
 //! Firehose API (KinesisStreamAsSource, 1 s / 1 MiB hints) delivers to a
 //! directory (A's `<data-dir>/firehose/<name>`, which both write on one
 //! machine). A writer puts numbered records through A and B in turn. Once
-//! objects were delivered, the lease holder (read from `lease.<name>` in the
-//! KV bucket `<prefix>_firehose`) is killed with SIGKILL while the writer
-//! goes on through the survivor, which must take the lease over (10 s lease,
-//! renewed every 3 s) and deliver everything. Then the killed collector is
-//! started again and the survivor stopped (SIGTERM releases the lease): the
-//! restarted one takes over and delivers what is written through it.
+//! objects were delivered, the lease holder (`lease.<name>` in the KV bucket
+//! `<prefix>_firehose`) is caught at the worst moment: its checkpoint holds a
+//! batch as pending and the batch's object is already written (SIGSTOP as
+//! soon as the object appears, kept only if the checkpoint has not moved on).
+//! It is killed with SIGKILL there, and the writer goes on through the
+//! survivor, which must take the lease over (10 s lease, renewed every 3 s),
+//! deliver that batch again under the same name with the same records, and
+//! deliver everything else. Then the killed collector is started again and
+//! the survivor stopped (SIGTERM releases the lease): the restarted one takes
+//! over and delivers what is written through it.
 //!
 //! The promise checked (collector/src/firehose/state/kv/mod.rs, "Fencing"):
 //! every acknowledged record is in exactly one object, nothing is delivered
 //! that was never sent, each shard's objects hold its records in sequence
-//! order without overlap, and no `.tmp` file is left. A batch the dead
-//! holder had fixed as pending in the checkpoint (and may have written) is
-//! delivered again by the next holder under the same object name, replacing
-//! it: the test reports whether the kill left such a batch and checks that
-//! its object then exists exactly once under that name.
+//! order without overlap, and no `.tmp` file is left
+//! (`firehose_support::assert_exactly_once`).
 
 mod firehose_support;
 mod kinesis_support;
