@@ -7,7 +7,6 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use weir_tests::harness::{Collector, http_get, metric_value, wait_for};
+use weir_tests::harness::{Collector, files, http_get, metric_value, wait_for};
 
 mod kinesis_support;
 
@@ -132,23 +131,6 @@ fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
 /// The value of the metric `name{delivery_stream="stream"}`, 0 if absent.
 fn metric(text: &str, name: &str, stream: &str) -> u64 {
     metric_value(text, name, &format!("delivery_stream=\"{stream}\"")).map_or(0, |v| v as u64)
-}
-
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

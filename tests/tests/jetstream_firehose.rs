@@ -140,6 +140,11 @@ async fn lease_holder(server: &NatsServer) -> Option<String> {
     lease["holder"].as_str().map(str::to_owned)
 }
 
+/// Whether `node` holds the lease within `timeout`.
+async fn takes_the_lease(server: &NatsServer, node: &Node, timeout: Duration) -> bool {
+    wait_until(timeout, || async { lease_holder(server).await.is_some_and(|h| node.is(&h)) }).await
+}
+
 /// Object keys of the batches pending in the delivery stream's checkpoint.
 async fn pending_keys(server: &NatsServer) -> Vec<String> {
     let value = kv_value(server, &format!("checkpoint.{DELIVERY}")).await;
@@ -303,15 +308,8 @@ async fn delivery_stays_exactly_once_when_the_lease_holder_is_killed() {
     let at_kill = delivered(&out_dir);
     let acked_at_kill = writer.lock().expect("writer").acked.len();
 
-    let took_over = wait_until(TAKEOVER_TIMEOUT, || async {
-        lease_holder(&server).await.is_some_and(|h| survivor.is(&h))
-    })
-    .await;
-    assert!(
-        took_over,
-        "the survivor did not take the lease over\n{}",
-        reports(&[&*victim, &*survivor])
-    );
+    let took_over = takes_the_lease(&server, survivor, TAKEOVER_TIMEOUT).await;
+    assert!(took_over, "the survivor did not take over\n{}", reports(&[&*victim, &*survivor]));
     let takeover = killed_at.elapsed();
     // Delivery goes on: what was acknowledged by now, all of it written
     // after the kill included, reaches the directory.
@@ -354,15 +352,8 @@ async fn delivery_stays_exactly_once_when_the_lease_holder_is_killed() {
         "the survivor did not stop\n{}",
         survivor.collector.report()
     );
-    let handed_over = wait_until(HANDOVER_TIMEOUT, || async {
-        lease_holder(&server).await.is_some_and(|h| victim.is(&h))
-    })
-    .await;
-    assert!(
-        handed_over,
-        "the restarted collector did not take over\n{}",
-        victim.collector.report()
-    );
+    let handed_over = takes_the_lease(&server, victim, HANDOVER_TIMEOUT).await;
+    assert!(handed_over, "the restarted one did not take over\n{}", victim.collector.report());
 
     // Stop writing; everything acknowledged is delivered, once.
     let more = wait_until(DELIVERY_TIMEOUT, || async { delivered_records(victim) > 0.0 }).await;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use weir_tests::harness::files;
 
 /// Where the store put an acknowledged record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,20 +181,13 @@ impl Objects {
 /// Every object under `dir` (whole objects only: each ends with a newline).
 pub fn delivered(dir: &Path) -> Objects {
     let mut out = Objects::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".tmp") {
-                out.temps.push(p);
-            } else {
-                let text = std::fs::read_to_string(&p).expect("read object");
-                assert!(text.ends_with('\n'), "{}: a whole object", p.display());
-                out.objects.insert(p, text.lines().map(str::to_owned).collect());
-            }
+    for p in files(dir) {
+        if p.to_string_lossy().ends_with(".tmp") {
+            out.temps.push(p);
+        } else {
+            let text = std::fs::read_to_string(&p).expect("read object");
+            assert!(text.ends_with('\n'), "{}: a whole object", p.display());
+            out.objects.insert(p, text.lines().map(str::to_owned).collect());
         }
     }
     out
