@@ -6,7 +6,9 @@
 //! `Manager`s over one bucket and one store: a definition created on one is
 //! started and deleted on the other; after the delivering one shuts down, or
 //! can no longer renew its lease (it must stop delivering by itself), the
-//! other takes over with every record in exactly one object.
+//! other takes over with every record in exactly one object. And a
+//! delivery stream reading the JetStream store itself (whose offsets are
+//! not dense) delivers batch after batch.
 
 #![cfg(feature = "jetstream")]
 
@@ -28,7 +30,8 @@ use weir_collector::firehose::state::{
 use weir_collector::firehose::{
     Checkpoint, DeliverySpec, FirehoseError, Manager, ManagerError, ShardCheckpoint, Source,
 };
-use weir_collector::store::{LogStore, NewRecord, StoreConfig};
+use weir_collector::store::jetstream::{JetStreamSettings, JetStreamStore};
+use weir_collector::store::{LogStore, NewRecord, StoreConfig, StreamStore};
 
 const PREFIX: &str = "t_";
 /// Short leases so takeovers happen within a test's patience.
@@ -283,7 +286,11 @@ fn delivered(dir: &Path) -> BTreeMap<String, usize> {
     seen
 }
 
-async fn put(manager: &Manager<LogStore>, name: &str, range: std::ops::Range<u32>) {
+async fn put<S: StreamStore + Clone>(
+    manager: &Manager<S>,
+    name: &str,
+    range: std::ops::Range<u32>,
+) {
     let records = range
         .map(|i| NewRecord {
             partition_key: "k".into(),
@@ -488,5 +495,44 @@ async fn a_holder_that_cannot_renew_stops_delivering_and_another_takes_over() {
     assert_eq!(lease_holder(&server, "clicks").await.as_deref(), Some("collector-b"));
     a.shutdown().await;
     b.shutdown().await;
+    store.close().await;
+}
+
+/// The delivery assumed dense offsets (next batch at last offset + 1) and
+/// stopped after each shard's first batch on the JetStream store, whose
+/// offsets are `js_seq << 16 | index`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_jetstream_store_delivery_goes_on_past_a_shards_first_batch() {
+    let server = NatsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = JetStreamSettings {
+        prefix: "sparse".into(),
+        ..JetStreamSettings::from_url(&server.url()).expect("settings")
+    };
+    let store = JetStreamStore::connect(settings).await.expect("connect the store");
+    let out = dir.path().join("out");
+    let manager = Manager::start_with_jetstream(
+        store.clone(),
+        &dir.path().join("data"),
+        Vec::new(),
+        None,
+        store.context().clone(),
+        "sparse_",
+        "collector-a",
+    )
+    .await
+    .expect("start manager");
+    manager.create(spec("clicks", &out)).await.expect("create");
+    // One put a batch (interval 0: each poll delivers what it read), each
+    // delivered before the next is put.
+    for round in 0..3u32 {
+        put(&manager, "clicks", round * 10..round * 10 + 10).await;
+        let want = (round as usize + 1) * 10;
+        wait_for(&format!("{want} records delivered"), || async { delivered(&out).len() == want })
+            .await;
+    }
+    let seen = delivered(&out);
+    assert!(seen.values().all(|n| *n == 1), "records in more than one object: {seen:?}");
+    manager.shutdown().await;
     store.close().await;
 }

@@ -194,16 +194,27 @@ fn rand_suffix() -> u32 {
 
 /// Every file under `dir` with its size, for failure reports.
 pub fn walk(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_iter()
+        .map(|p| match std::fs::symlink_metadata(&p) {
+            Ok(m) => format!("{} {}", p.display(), m.len()),
+            Err(_) => p.display().to_string(),
+        })
+        .collect()
+}
+
+/// Every file (anything but a directory) under `dir`, in all its
+/// subdirectories, sorted; nothing if `dir` does not exist.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
-            let p = e.path();
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(p),
-                Ok(m) => out.push(format!("{} {}", p.display(), m.len())),
-                Err(_) => out.push(p.display().to_string()),
+            if e.metadata().is_ok_and(|m| m.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
             }
         }
     }

@@ -6,12 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_firehose::Client;
-use aws_sdk_firehose::config::retry::RetryConfig;
-use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
@@ -19,21 +17,14 @@ use aws_sdk_firehose::types::{
 };
 use weir_tests::harness::{Collector, http_get, metric_value, wait_for};
 
+mod firehose_support;
 mod kinesis_support;
 
 /// How long delivery with a 1 s interval hint may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn sdk(addr: SocketAddr) -> Client {
-    let conf = aws_sdk_firehose::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(Credentials::new("weir", "weir", None, None, "weir-tests"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .retry_config(RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
+    kinesis_support::firehose_sdk(addr)
 }
 
 fn code<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
@@ -50,23 +41,8 @@ fn tag(k: &str, v: &str) -> Tag {
 
 /// Every delivered object's records (lines), counted.
 fn delivered(dir: &Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p: PathBuf = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if !p.to_string_lossy().ends_with(".tmp") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                for line in text.lines() {
-                    *out.entry(line.to_owned()).or_insert(0) += 1;
-                }
-            }
-        }
-    }
-    out
+    let objects = firehose_support::delivered(dir);
+    objects.counts().into_iter().map(|(line, n)| (line.to_owned(), n)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use weir_tests::harness::{Collector, http_get, metric_value, wait_for};
+use weir_tests::harness::{Collector, files, http_get, metric_value, wait_for};
 
 mod kinesis_support;
 
@@ -134,23 +133,6 @@ fn metric(text: &str, name: &str, stream: &str) -> u64 {
     metric_value(text, name, &format!("delivery_stream=\"{stream}\"")).map_or(0, |v| v as u64)
 }
 
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_the_same_request_id_then_delivers_once_or_backs_up() {
     let flaky = Endpoint::default();
@@ -267,7 +249,6 @@ url = "http://{down_addr}/ingest"
 /// puts reach the endpoint (no gzip, no access key), and Describe shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_created_http_endpoint_delivery_stream_delivers() {
-    use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_firehose::primitives::Blob;
     use aws_sdk_firehose::types::{
         HttpEndpointBufferingHints, HttpEndpointConfiguration,
@@ -280,15 +261,7 @@ async fn api_created_http_endpoint_delivery_stream_delivers() {
     let collector =
         Collector::start_in(&tmp.path().join("data"), tmp.path(), &["--fsync", "never"]);
     let addr = collector.http_addr();
-    let client = aws_sdk_firehose::Client::from_conf(
-        aws_sdk_firehose::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://{addr}"))
-            .credentials_provider(Credentials::new("weir", "weir", None, None, "weir-tests"))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build(),
-    );
+    let client = kinesis_support::firehose_sdk(addr);
     let url = format!("http://{endpoint_addr}/ingest");
     let http = HttpEndpointDestinationConfiguration::builder()
         .endpoint_configuration(

@@ -185,7 +185,6 @@ secret_access_key = "test"
 /// `[firehose_s3]`, partitioned, each once; Describe shows the destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_created_s3_delivery_stream_partitions_into_the_bucket() {
-    use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_firehose::primitives::Blob;
     use aws_sdk_firehose::types::{
         BufferingHints, CompressionFormat, DynamicPartitioningConfiguration,
@@ -208,15 +207,7 @@ async fn api_created_s3_delivery_stream_partitions_into_the_bucket() {
     let collector =
         Collector::start_in(&data_dir, tmp.path(), &["--config", &config_arg, "--fsync", "never"]);
     let addr = collector.http_addr();
-    let client = aws_sdk_firehose::Client::from_conf(
-        aws_sdk_firehose::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://{addr}"))
-            .credentials_provider(Credentials::new("weir", "weir", None, None, "weir-tests"))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build(),
-    );
+    let client = kinesis_support::firehose_sdk(addr);
     let param = |name: ProcessorParameterName, value: &str| {
         ProcessorParameter::builder()
             .parameter_name(name)

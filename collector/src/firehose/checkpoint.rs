@@ -30,7 +30,11 @@
 //!   read.
 //! - `next_offset`: every record of the shard before this offset is in a
 //!   durable object; delivery resumes here. A shard without an entry has not
-//!   been started and starts at its oldest retained record.
+//!   been started and starts at its oldest retained record. Offsets increase
+//!   strictly but need not be dense (the JetStream store's are `js_seq << 16
+//!   | index`): after a batch it is the batch's last offset + 1, and fixing
+//!   the next batch as pending moves it up to that batch's first record (no
+//!   record lies between, the batch was read on from here).
 //! - `done`: the shard is closed and every record of it is delivered; its
 //!   children may start (a merge's child once both parents are done).
 //! - `pending`: a batch fixed before its object is written: offsets

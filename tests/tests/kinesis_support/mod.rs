@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
@@ -35,15 +36,45 @@ pub fn start(extra: &[&str]) -> (Collector, SocketAddr) {
 /// The AWS SDK for Rust, pointed at the collector, with retries off (so a
 /// test sees every error as the collector sent it).
 pub fn sdk(addr: SocketAddr) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
+    Client::from_conf(config(addr).build())
+}
+
+/// [`sdk`] whose calls fail after `timeout` (a collector killed in the
+/// middle of a call then cannot hold up the test).
+pub fn sdk_with_timeout(addr: SocketAddr, timeout: Duration) -> Client {
+    let timeouts = TimeoutConfig::builder().operation_timeout(timeout).build();
+    Client::from_conf(config(addr).timeout_config(timeouts).build())
+}
+
+/// The AWS SDK's Firehose client, pointed at the collector's HTTP listener
+/// the same way (plain HTTP, retries off).
+pub fn firehose_sdk(addr: SocketAddr) -> aws_sdk_firehose::Client {
+    aws_sdk_firehose::Client::from_conf(
+        aws_sdk_firehose::Config::builder()
+            .behavior_version(aws_sdk_firehose::config::BehaviorVersion::latest())
+            .region(aws_sdk_firehose::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .credentials_provider(aws_sdk_firehose::config::Credentials::new(
+                "weir",
+                "weir",
+                None,
+                None,
+                "weir-tests",
+            ))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .retry_config(aws_sdk_firehose::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
+fn config(addr: SocketAddr) -> aws_sdk_kinesis::config::Builder {
+    aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(format!("http://{addr}"))
         .credentials_provider(Credentials::new("weir", "weir", None, None, "weir-tests"))
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .retry_config(RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
 }
 
 /// Puts `records` into `stream` with PutRecords (500 at a time), each

@@ -304,6 +304,8 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                 let mut records = Vec::new();
                 let mut offset = p.first_offset;
                 while offset <= p.last_offset {
+                    // At most this many records (exactly, on a store with
+                    // dense offsets); reads past the batch are cut below.
                     let want = usize::try_from(p.last_offset - offset + 1).unwrap_or(usize::MAX);
                     let from = ShardPosition { stream_id, shard_index: index, offset };
                     let limits = ReadLimits {
@@ -447,15 +449,20 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                 path: self.checkpoint_path.clone(),
                 reason: format!("no entry for {shard_id}"),
             })?;
-        if entry.next_offset != first.offset {
+        if first.offset < entry.next_offset {
             return Err(FirehoseError::Checkpoint {
                 path: self.checkpoint_path.clone(),
                 reason: format!(
-                    "{shard_id}: batch starts at offset {}, checkpoint at {}",
+                    "{shard_id}: batch starts at offset {}, before the checkpoint at {}",
                     first.offset, entry.next_offset
                 ),
             });
         }
+        // Offsets increase strictly but need not be dense (the JetStream
+        // store's are `js_seq << 16 | index`): the buffer was read on from the
+        // checkpoint, so no record lies between `next_offset` and the batch's
+        // first record, and the checkpoint may move up to it.
+        entry.next_offset = first.offset;
         entry.pending = Some(PendingBatch {
             first_offset: first.offset,
             last_offset: last.offset,
