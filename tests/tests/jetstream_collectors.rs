@@ -14,8 +14,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, ShardIteratorType};
 use kinesis_support::ops::{create, drain, iterator};
 use kinesis_support::sdk;
-use weir_tests::nats::NatsServer;
 use weir_tests::harness::Collector;
+use weir_tests::nats::NatsServer;
 
 /// Split/merge rounds the two collectors race.
 const ROUNDS: usize = 6;

@@ -3,11 +3,10 @@
 //! instead of hanging. Each case runs a nats-server of its own on a free
 //! loopback port (never the machine's 4222).
 
-
 use std::time::Duration;
 
-use weir_tests::nats::NatsServer;
 use weir_tests::harness::{Collector, free_port};
+use weir_tests::nats::NatsServer;
 
 /// How long a refused start may take (the connect timeout is 5 s).
 const START_FAILS_WITHIN: Duration = Duration::from_secs(20);

@@ -346,8 +346,10 @@ async fn bench(args: Args) -> Result<(), String> {
                 prefix: format!("benchweir{}", t.replicas),
             };
             let dir = args.dir.join(name);
-            weir_on_jetstream
-                .push((name, CollectorProcess::start(&dir, args.shards, &args.fsync, Some(&store))?));
+            weir_on_jetstream.push((
+                name,
+                CollectorProcess::start(&dir, args.shards, &args.fsync, Some(&store))?,
+            ));
         }
     }
     println!(
@@ -410,11 +412,8 @@ async fn bench(args: Args) -> Result<(), String> {
         }
         let rate = |name: &str| {
             let (_, f) = targets.iter().zip(&results).find(|(t, _)| t.name() == name)?;
-            let per: fn(&Figures) -> f64 = if case.mode == Mode::Batch {
-                |f| f.records_per_sec
-            } else {
-                |f| f.msgs_per_sec
-            };
+            let per: fn(&Figures) -> f64 =
+                if case.mode == Mode::Batch { |f| f.records_per_sec } else { |f| f.msgs_per_sec };
             Some(median(f.iter().map(per).collect()).0)
         };
         for (t, figures) in targets.iter().zip(&results) {

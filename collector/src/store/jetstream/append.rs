@@ -83,6 +83,12 @@ pub(super) async fn append(
         if meta.status == StreamStatus::Deleting {
             return Err(StoreError::StreamNotFound(stream.to_owned()));
         }
+        if meta.status == StreamStatus::Creating {
+            // Another collector is creating its shard streams: wait for
+            // ACTIVE like for a new leader, bounded by REROUTE_WAIT.
+            store.inner.catalog.forget(stream);
+            continue;
+        }
         let open = meta.open_shards();
         let mut groups: Vec<(u64, Vec<usize>, Vec<NewRecord>)> = Vec::new();
         for (i, r) in pending.drain(..) {
@@ -129,7 +135,10 @@ pub(super) async fn append(
     for (i, _) in pending {
         results[i] = Some(Err(backend_error(
             "publishing",
-            format!("no JetStream leader took the records within {REROUTE_WAIT:?}; retry"),
+            format!(
+                "no JetStream leader took the records (or the stream stayed CREATING) \
+                 within {REROUTE_WAIT:?}; retry"
+            ),
         )));
     }
     Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::ShuttingDown))).collect())

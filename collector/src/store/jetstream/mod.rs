@@ -25,6 +25,13 @@
 //!   stream leader; AT_TIMESTAMP binary-searches the sequences by it.
 //! - **The catalog** (streams, shards, hash ranges, lineage, status, mode,
 //!   tags) is a KV bucket, changed only by compare-and-set (`catalog`).
+//!   CreateStream takes the name first (a `create` of the key, status
+//!   CREATING), then creates the shard streams and sets ACTIVE: of
+//!   collectors creating one stream at once (MQTT auto-creation from many
+//!   connections) only the winner creates JetStream streams, and appends
+//!   meeting CREATING wait for ACTIVE (bounded by `append::REROUTE_WAIT`). A
+//!   creator that dies in between leaves the stream CREATING; DeleteStream
+//!   removes it.
 //! - **Acknowledgement stays durable first**: an append answers only after
 //!   JetStream acknowledged every publish it made, which with R3 means a
 //!   quorum stored it.
@@ -363,13 +370,10 @@ impl StreamStore for JetStreamStore {
                 closed: None,
             });
         }
-        for i in 0..count {
-            self.create_shard_stream(id, i, options.retention_hours).await?;
-        }
-        let meta = StreamMeta {
+        let mut meta = StreamMeta {
             id,
             name: name.to_owned(),
-            status: StreamStatus::Active,
+            status: StreamStatus::Creating,
             created_ms: now,
             retention_hours: options.retention_hours,
             next_shard_index: count,
@@ -378,11 +382,29 @@ impl StreamStore for JetStreamStore {
             write_limits: settings.write_limits,
             tags: settings.tags,
         };
-        if let Err(e) = self.inner.catalog.create(&meta).await {
+        // The name is taken first, as CREATING: of collectors creating the
+        // same stream at once (MQTT auto-creation from many connections) one
+        // wins here and only it creates shard streams; the others answer
+        // StreamExists at once, and their appends wait for ACTIVE.
+        let revision = self.inner.catalog.create(&meta).await?;
+        let mut made = Ok(());
+        for i in 0..count {
+            made = self.create_shard_stream(id, i, options.retention_hours).await;
+            if made.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = made {
             for i in 0..count {
                 let _ = self.delete_shard_stream(id, i).await;
             }
+            let _ = self.inner.catalog.remove(name).await;
             return Err(e);
+        }
+        meta.status = StreamStatus::Active;
+        if self.inner.catalog.update(&meta, revision).await?.is_none() {
+            // Changed while CREATING: only DeleteStream does that.
+            return Err(StoreError::StreamNotFound(name.to_owned()));
         }
         tracing::info!(stream = name, shards = count, id, "stream created on JetStream");
         Ok(describe(&meta))
