@@ -393,7 +393,7 @@ async fn bench(args: Args) -> Result<(), String> {
         } else {
             targets.push(Peer::Mqtt(weir_plain.clone()));
             for (name, c) in &weir_on_jetstream {
-                targets.push(Peer::Mqtt(Target { name: *name, addr: c.mqtt, tls: None }));
+                targets.push(Peer::Mqtt(Target { name, addr: c.mqtt, tls: None }));
             }
             if let Some(addr) = args.mosquitto {
                 targets.push(Peer::Mqtt(Target { name: "mosquitto", addr, tls: None }));
