@@ -326,7 +326,20 @@ impl Agent {
             .append(true)
             .open(&self.log_path)
             .expect("agent log file");
-        let mut cmd = Command::new(binary("weir-agent"));
+        let mut bin = binary("weir-agent");
+        if self.run_as.is_some() {
+            // Another user may not reach the build directory (a clone under
+            // a private directory, mode 0700 as `mktemp -d` makes): run a
+            // copy kept beside the configuration, which the test makes
+            // readable to that user.
+            let dir = self.config_path.parent().expect("config directory");
+            let copy = dir.join("weir-agent");
+            std::fs::copy(&bin, &copy).expect("copy the agent binary");
+            std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod the agent binary");
+            bin = copy;
+        }
+        let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&self.config_path);
         if let Some((uid, gid)) = self.run_as {
             use std::os::unix::process::CommandExt;

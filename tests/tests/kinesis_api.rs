@@ -323,6 +323,22 @@ async fn every_iterator_type_limits_and_chaining() {
     let r = client.get_records().shard_iterator(it).limit(1).send().await.expect("GetRecords");
     assert!(r.millis_behind_latest().is_some());
 
+    // A sequence number with TRIM_HORIZON or LATEST is a mistake, refused
+    // as Kinesis refuses it.
+    for kind in [ShardIteratorType::TrimHorizon, ShardIteratorType::Latest] {
+        expect_code!(
+            client
+                .get_shard_iterator()
+                .stream_name("iters")
+                .shard_id(shard)
+                .shard_iterator_type(kind)
+                .starting_sequence_number(&sent[3])
+                .send()
+                .await,
+            "InvalidArgumentException"
+        );
+    }
+
     // AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER.
     let at = client
         .get_shard_iterator()

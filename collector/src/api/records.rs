@@ -298,6 +298,13 @@ pub(super) async fn iterator<S: StreamStore>(
             ))
         })
     };
+    if let (Kind::Trim | Kind::Latest, Some(_)) = (kind, &seq) {
+        let t = if matches!(kind, Kind::Trim) { "TRIM_HORIZON" } else { "LATEST" };
+        return Err(ApiError::invalid(format!(
+            "StartingSequenceNumber must not be given for {t} iterators; it is used with \
+             AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER."
+        )));
+    }
     let start = match kind {
         Kind::Trim => StartingPosition::TrimHorizon,
         Kind::Latest => StartingPosition::Latest,
