@@ -12,6 +12,7 @@ pub mod certs;
 pub mod config;
 pub mod firehose;
 pub mod ingest;
+pub mod log_limit;
 pub mod store;
 pub mod tls;
 

@@ -16,6 +16,7 @@ use super::service::{
     Api, check_len, check_name, check_range, check_sequence_shape, parse_hash_key, present,
 };
 use super::token::{MAX_TOKEN_CHARS, TokenError};
+use crate::log_limit::LogLimit;
 use crate::store::{
     Appended, NewRecord, ReadLimits, SequenceNumber, StartingPosition, StoreError, StreamStore,
 };
@@ -188,6 +189,7 @@ fn put_records_output(
     let mut failed = 0;
     // (records, bytes, throttled) per shard, counted once per call.
     let mut per_shard: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    let (mut internal, mut first_internal) = (0u64, None::<String>);
     let records = results
         .into_iter()
         .zip(sizes)
@@ -213,7 +215,10 @@ fn put_records_output(
                 }
                 let e = ApiError::from(e);
                 if e.kind == ErrorKind::InternalFailure {
-                    tracing::warn!(stream, error = ?e.source, "PutRecords entry failed");
+                    internal += 1;
+                    if first_internal.is_none() {
+                        first_internal = Some(format!("{:?}", e.source));
+                    }
                 }
                 PutRecordsResultEntry {
                     sequence_number: None,
@@ -227,6 +232,13 @@ fn put_records_output(
             }
         })
         .collect();
+    if let Some(error) = first_internal {
+        // One line per stream per LOG_INTERVAL, not one per failed entry.
+        static FAILED: std::sync::LazyLock<LogLimit> = std::sync::LazyLock::new(LogLimit::new);
+        if let Some(count) = FAILED.hit(stream, internal, std::time::Instant::now()) {
+            tracing::warn!(stream, entries = count, error, "PutRecords entries failed");
+        }
+    }
     for (shard, (n, bytes, throttled)) in per_shard {
         if n > 0 {
             metrics::incoming(stream, &shard, n, bytes);
