@@ -66,7 +66,7 @@ pub fn router_with_firehose<S: StreamStore + Clone>(
     });
     Router::new()
         .route("/", post(kinesis::<S>))
-        .route("/health", get(health))
+        .route("/health", get(health::<S>))
         .route("/metrics", get(prometheus::<S>))
         .with_state(state)
 }
@@ -99,8 +99,18 @@ pub async fn serve_with_firehose<S: StreamStore + Clone>(
         .await
 }
 
-async fn health() -> &'static str {
-    "ok\n"
+/// `ok` (200), or 503 with `{"status":"degraded","reason":...}` while the
+/// store cannot take appends (its disk below the free-space reserve).
+async fn health<S: StreamStore + Clone>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    match state.api.store.degraded() {
+        None => "ok\n".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "status": "degraded", "reason": reason }).to_string(),
+        )
+            .into_response(),
+    }
 }
 
 async fn prometheus<S: StreamStore + Clone>(State(state): State<Arc<HttpState<S>>>) -> Response {

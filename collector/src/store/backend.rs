@@ -349,6 +349,12 @@ pub trait StreamStore: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Why the store cannot take appends right now (its disk below the
+    /// free-space reserve), for `/health`; `None` when it can.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
+
     /// Closes the store once everything it acknowledged is durable; the
     /// collector calls it last, after its listeners finished their appends.
     fn close(&self) -> impl Future<Output = ()> + Send;

@@ -68,6 +68,10 @@ pub struct StoreConfig {
     pub segment_max_age: Duration,
     /// How often the background task enforces retention.
     pub retention_check_interval: Duration,
+    /// Free bytes the data directory's filesystem keeps: below, appends are
+    /// refused (`space`). `None`: the smaller of 256 MiB and 1% of the
+    /// filesystem; `Some(0)`: no reserve.
+    pub min_free_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -77,6 +81,7 @@ impl Default for StoreConfig {
             segment_max_bytes: 128 * 1024 * 1024,
             segment_max_age: Duration::from_secs(3600),
             retention_check_interval: Duration::from_secs(60),
+            min_free_bytes: None,
         }
     }
 }

@@ -97,6 +97,18 @@ pub enum StoreError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The data directory's filesystem is below its free-space reserve
+    /// (`[store] min_free_bytes`); nothing was written.
+    #[error(
+        "the data directory's disk is full: {free} bytes free, below the reserve of {reserve} \
+         bytes ([store] min_free_bytes); appends are refused until space is freed"
+    )]
+    DiskFull {
+        /// Free bytes when refused.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// The store is shutting down.
     #[error("store is shutting down")]
     ShuttingDown,

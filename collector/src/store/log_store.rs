@@ -42,12 +42,14 @@ use super::retention::{self, RetentionReport};
 use super::router::{self, AppendResults};
 use super::sequence::SequenceNumber;
 use super::shard::{parse_shard_id, shard_id};
+use super::space::DiskSpace;
 use super::stream::{StreamState, describe};
 
 /// What every clone of a [`LogStore`] shares.
 #[derive(Debug)]
 struct Inner {
     env: StoreEnv,
+    space: DiskSpace,
     catalog: tokio::sync::Mutex<Catalog>,
     streams: RwLock<HashMap<String, Arc<StreamState>>>,
     _lock: File,
@@ -126,13 +128,16 @@ impl LogStore {
     ) -> Result<Self, StoreError> {
         config.validate().map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
         let every = config.retention_check_interval;
+        let min_free_bytes = config.min_free_bytes;
         let env = StoreEnv::new(root.into(), config, clock);
         let (env, opened) = blocking(move || {
             let opened = data_dir::open(&env)?;
             Ok((env, opened))
         })
         .await?;
+        let space = DiskSpace::new(env.root(), min_free_bytes);
         let inner = Arc::new(Inner {
+            space,
             env,
             catalog: tokio::sync::Mutex::new(opened.catalog),
             streams: RwLock::new(opened.streams),
@@ -191,6 +196,7 @@ impl LogStore {
     ) -> Result<AppendResults, StoreError> {
         router::check_size(&records)?;
         let state = self.stream(stream)?;
+        self.inner.space.check()?;
         router::append(&state, self.inner.env.clock(), records, tag).await
     }
 }
@@ -224,6 +230,10 @@ pub(super) fn settings_of(meta: &StreamMeta) -> StreamSettings {
 }
 
 impl StreamStore for LogStore {
+    fn degraded(&self) -> Option<String> {
+        self.inner.space.check().err().map(|e| e.to_string())
+    }
+
     async fn create_stream_with(
         &self,
         name: &str,

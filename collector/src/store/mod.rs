@@ -44,6 +44,7 @@ pub mod segment;
 mod segment_file;
 pub mod sequence;
 pub mod shard;
+pub mod space;
 mod stream;
 pub mod throttle;
 pub mod writer;

@@ -168,9 +168,9 @@ fn reason_for(e: &RecordError) -> (Reason, Option<String>) {
     let reason = match e {
         StoreError::StreamNotFound(_) | StoreError::InvalidArgument(_) => Reason::TopicNameInvalid,
         StoreError::InvalidRecord(_) => Reason::PayloadFormatInvalid,
-        StoreError::ThroughputExceeded { .. } | StoreError::LimitExceeded(_) => {
-            Reason::QuotaExceeded
-        }
+        StoreError::ThroughputExceeded { .. }
+        | StoreError::LimitExceeded(_)
+        | StoreError::DiskFull { .. } => Reason::QuotaExceeded,
         StoreError::StreamNotActive { .. } => Reason::ImplementationSpecificError,
         _ => Reason::UnspecifiedError,
     };
