@@ -178,6 +178,11 @@ fn connect_error(s: &JetStreamSettings, e: &async_nats::ConnectError) -> Setting
             bad(setting, format!("{servers} refused the credentials: {e}"))
         }
         K::Tls => bad("tls_ca_file", format!("TLS with {servers} failed: {e}")),
+        // async-nats reports a certificate the CA did not sign as an I/O
+        // error of the handshake.
+        _ if s.tls_ca_file.is_some() && e.to_string().contains("certificate") => {
+            bad("tls_ca_file", format!("TLS with {servers} failed: {e}"))
+        }
         _ => bad("servers", format!("cannot connect to {servers}: {e}")),
     }
 }
