@@ -150,6 +150,41 @@ pub struct ClosedMeta {
 }
 
 impl ShardMeta {
+    /// An open shard `index` over `range`, created at `created_ms`, the
+    /// child of `parent` (and `adjacent_parent`, for a merge) if any.
+    pub fn open(
+        index: u64,
+        range: HashRange,
+        parent: Option<u64>,
+        adjacent_parent: Option<u64>,
+        created_ms: u64,
+    ) -> Self {
+        Self {
+            index,
+            hash_start: range.start,
+            hash_end: range.end,
+            parent,
+            adjacent_parent,
+            created_ms,
+            closed: None,
+        }
+    }
+
+    /// The `count` shards of a new stream, splitting the hash key space
+    /// evenly, indexes 0 to `count - 1`.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidArgument`] for a count of 0.
+    pub fn uniform(count: u64, created_ms: u64) -> Result<Vec<Self>, StoreError> {
+        (0..count)
+            .map(|i| {
+                let r = HashRange::uniform(count, i)
+                    .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+                Ok(Self::open(i, r, None, None, created_ms))
+            })
+            .collect()
+    }
+
     /// The shard's hash range.
     pub fn range(&self) -> HashRange {
         HashRange { start: self.hash_start, end: self.hash_end }

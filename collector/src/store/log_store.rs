@@ -21,7 +21,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
-use weir_wire::HashRange;
 use weir_wire::batch::MAX_PRODUCER_ID_BYTES;
 use weir_wire::validate::MAX_STREAM_NAME_CHARS;
 
@@ -216,6 +215,29 @@ fn spawn_retention_task(store: Weak<Inner>, every: std::time::Duration) {
     });
 }
 
+/// The checks of a CreateStream both stores make before touching anything.
+pub(super) fn validate_create(
+    name: &str,
+    options: &CreateStreamOptions,
+    settings: &StreamSettings,
+) -> Result<(), StoreError> {
+    validate_stream_name(name)?;
+    validate_tag_count(settings.tags.len())?;
+    validate_retention(options.retention_hours)?;
+    validate_shard_count(options.shard_count)
+}
+
+/// A stream's shard count within `1..=MAX_SHARDS_PER_STREAM`.
+pub(super) fn validate_shard_count(count: u32) -> Result<(), StoreError> {
+    if (1..=MAX_SHARDS_PER_STREAM).contains(&count) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "shard count {count} is outside 1..={MAX_SHARDS_PER_STREAM}"
+        )))
+    }
+}
+
 pub(super) fn validate_tag_count(count: usize) -> Result<(), StoreError> {
     if count > MAX_TAGS_PER_STREAM {
         return Err(StoreError::LimitExceeded(format!(
@@ -240,15 +262,7 @@ impl StreamStore for LogStore {
         options: CreateStreamOptions,
         settings: StreamSettings,
     ) -> Result<StreamDescription, StoreError> {
-        validate_stream_name(name)?;
-        validate_tag_count(settings.tags.len())?;
-        validate_retention(options.retention_hours)?;
-        if !(1..=MAX_SHARDS_PER_STREAM).contains(&options.shard_count) {
-            return Err(StoreError::InvalidArgument(format!(
-                "shard count {} is outside 1..={MAX_SHARDS_PER_STREAM}",
-                options.shard_count
-            )));
-        }
+        validate_create(name, &options, &settings)?;
         let mut catalog = self.inner.catalog.lock().await;
         if catalog.stream(name).is_some() {
             return Err(StoreError::StreamExists(name.to_owned()));
@@ -259,21 +273,7 @@ impl StreamStore for LogStore {
         let env = &self.inner.env;
         let now = env.now_ms();
         let count = u64::from(options.shard_count);
-        let shards = (0..count)
-            .map(|i| {
-                let r = HashRange::uniform(count, i)
-                    .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-                Ok(ShardMeta {
-                    index: i,
-                    hash_start: r.start,
-                    hash_end: r.end,
-                    parent: None,
-                    adjacent_parent: None,
-                    created_ms: now,
-                    closed: None,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let shards = ShardMeta::uniform(count, now)?;
         let meta = StreamMeta {
             id,
             name: name.to_owned(),

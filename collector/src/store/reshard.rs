@@ -160,15 +160,7 @@ async fn reshard(
         }
     }
     for ((range, parent, adjacent), index) in children.iter().zip(&child_indexes) {
-        meta.shards.push(ShardMeta {
-            index: *index,
-            hash_start: range.start,
-            hash_end: range.end,
-            parent: Some(*parent),
-            adjacent_parent: *adjacent,
-            created_ms: now,
-            closed: None,
-        });
+        meta.shards.push(ShardMeta::open(*index, *range, Some(*parent), *adjacent, now));
     }
     meta.next_shard_index += children.len() as u64;
     let opened = env.open_new_shards(name, stream.id(), child_indexes.clone(), Some(seed)).await;

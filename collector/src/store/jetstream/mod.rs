@@ -92,17 +92,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use weir_wire::HashRange;
 
 use super::backend::{
-    Appended, CreateStreamOptions, MAX_SHARDS_PER_STREAM, NewRecord, ProducerBatch, ReadBatch,
-    ReadLimits, SettingsChange, ShardLifetime, ShardPosition, StartingPosition, StreamDescription,
-    StreamDetails, StreamSettings, StreamStore,
+    Appended, CreateStreamOptions, NewRecord, ProducerBatch, ReadBatch, ReadLimits, SettingsChange,
+    ShardLifetime, ShardPosition, StartingPosition, StreamDescription, StreamDetails,
+    StreamSettings, StreamStore,
 };
 use super::catalog::{ShardMeta, StreamMeta, StreamStatus};
 use super::clock::{Clock, SystemClock};
 use super::error::StoreError;
-use super::log_store::{settings_of, validate_retention, validate_stream_name, validate_tag_count};
+use super::log_store::{settings_of, validate_create, validate_retention, validate_tag_count};
 use super::stream::describe;
 use super::throttle::WriteLimiter;
 use catalog::KvCatalog;
@@ -319,16 +318,6 @@ fn bucket_error(settings: &JetStreamSettings, e: &StoreError) -> SettingsError {
     SettingsError { setting, message }
 }
 
-fn check_shard_count(count: u32) -> Result<(), StoreError> {
-    if (1..=MAX_SHARDS_PER_STREAM).contains(&count) {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidArgument(format!(
-            "shard count {count} is outside 1..={MAX_SHARDS_PER_STREAM}"
-        )))
-    }
-}
-
 impl StreamStore for JetStreamStore {
     async fn create_stream(
         &self,
@@ -344,10 +333,7 @@ impl StreamStore for JetStreamStore {
         options: CreateStreamOptions,
         settings: StreamSettings,
     ) -> Result<StreamDescription, StoreError> {
-        validate_stream_name(name)?;
-        validate_tag_count(settings.tags.len())?;
-        validate_retention(options.retention_hours)?;
-        check_shard_count(options.shard_count)?;
+        validate_create(name, &options, &settings)?;
         match self.inner.catalog.read(name).await {
             Ok(_) => return Err(StoreError::StreamExists(name.to_owned())),
             Err(StoreError::StreamNotFound(_)) => {}
@@ -356,20 +342,7 @@ impl StreamStore for JetStreamStore {
         let id = self.inner.catalog.next_stream_id().await?;
         let now = self.now_ms();
         let count = u64::from(options.shard_count);
-        let mut shards = Vec::with_capacity(options.shard_count as usize);
-        for i in 0..count {
-            let r = HashRange::uniform(count, i)
-                .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-            shards.push(ShardMeta {
-                index: i,
-                hash_start: r.start,
-                hash_end: r.end,
-                parent: None,
-                adjacent_parent: None,
-                created_ms: now,
-                closed: None,
-            });
-        }
+        let shards = ShardMeta::uniform(count, now)?;
         let mut meta = StreamMeta {
             id,
             name: name.to_owned(),

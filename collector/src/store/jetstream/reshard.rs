@@ -9,6 +9,7 @@ use weir_wire::HashRange;
 use super::super::backend::MAX_SHARDS_PER_STREAM;
 use super::super::catalog::{ClosedMeta, ShardMeta, StreamMeta, StreamStatus};
 use super::super::error::StoreError;
+use super::super::log_store::validate_shard_count;
 use super::super::reshard::open_shard_meta;
 use super::super::shard::shard_id;
 use super::catalog::{MAX_CAS_RETRIES, PENDING_END, Versioned};
@@ -70,7 +71,7 @@ pub(super) async fn update_shard_count(
     name: &str,
     target: u32,
 ) -> Result<(), StoreError> {
-    super::check_shard_count(target)?;
+    validate_shard_count(target)?;
     let count = u64::from(target);
     let targets: Vec<HashRange> = (0..count)
         .map(|i| {
@@ -137,15 +138,13 @@ where
             s.closed = Some(ClosedMeta { end_offset: PENDING_END, closed_ms: now });
         }
         for (k, (range, parent, adjacent)) in children.iter().enumerate() {
-            next.shards.push(ShardMeta {
-                index: first + k as u64,
-                hash_start: range.start,
-                hash_end: range.end,
-                parent: Some(*parent),
-                adjacent_parent: *adjacent,
-                created_ms: now,
-                closed: None,
-            });
+            next.shards.push(ShardMeta::open(
+                first + k as u64,
+                *range,
+                Some(*parent),
+                *adjacent,
+                now,
+            ));
         }
         next.next_shard_index += children.len() as u64;
         if store.inner.catalog.update(&next, v.revision).await?.is_some() {
