@@ -101,6 +101,7 @@ struct Rec {
 struct Mark {
     id: FileId,
     path: Arc<Path>,
+    logical: Arc<Path>,
     offset: u64,
 }
 
@@ -319,11 +320,19 @@ impl Batcher {
                         if !Arc::ptr_eq(&m.path, &f.path) {
                             m.path = f.path.clone();
                         }
+                        if !Arc::ptr_eq(&m.logical, &f.logical) {
+                            m.logical = f.logical.clone();
+                        }
                     }
                     None => {
                         p.marks.insert(
                             k,
-                            Mark { id: f.id, path: f.path.clone(), offset: r.end_offset },
+                            Mark {
+                                id: f.id,
+                                path: f.path.clone(),
+                                logical: f.logical.clone(),
+                                offset: r.end_offset,
+                            },
                         );
                     }
                 }
@@ -354,7 +363,12 @@ impl Batcher {
             .marks
             .iter()
             .map(|((input, _), m)| {
-                let c = Checkpoint { id: m.id, path: m.path.to_path_buf(), offset: m.offset };
+                let c = Checkpoint {
+                    id: m.id,
+                    path: m.path.to_path_buf(),
+                    logical: m.logical.to_path_buf(),
+                    offset: m.offset,
+                };
                 (self.input_name(*input), c)
             })
             .collect();

@@ -197,6 +197,7 @@ mod tests {
         Checkpoint {
             id: FileId { dev: 1, ino, fingerprint: 7, fingerprint_len: 10 },
             path: format!("/l/{ino}.log").into(),
+            logical: format!("/l/{ino}.log").into(),
             offset,
         }
     }

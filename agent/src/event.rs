@@ -55,6 +55,8 @@ pub struct ChunkFile {
     pub id: FileId,
     /// Its path (shared: many records name it).
     pub path: Arc<Path>,
+    /// Its logical name (the path it had when first seen; see `tail`).
+    pub logical: Arc<Path>,
 }
 
 /// One record of a chunk: ranges into the chunk's buffer.

@@ -108,6 +108,7 @@ mod tests {
         Line {
             id: FileId { dev: 1, ino, fingerprint: 0, fingerprint_len: 0 },
             path: "/l".into(),
+            logical: "/l".into(),
             data: text.as_bytes().to_vec(),
             end_offset: end,
             split: false,

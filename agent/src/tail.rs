@@ -18,6 +18,33 @@
 //! file from 0. A file renamed while the agent was stopped is found again by
 //! device, inode and fingerprint in its directory.
 //!
+//! # Globs that match the rotated generations
+//!
+//! With `app.log*` or `/var/log/syslog*` the globs also match what rotation
+//! makes, and every line is still read once:
+//!
+//! - a followed file renamed to a name the globs match is the same file
+//!   (device and inode): it is followed on under its new name, from where it
+//!   was, and let go only once no matched name is its;
+//! - a new file in the same directory, named after a followed one
+//!   (`app.log.1`), whose first bytes are that file's fingerprint is a copy
+//!   (copy-truncate): what it holds is read through the file it copies (or,
+//!   once that is truncated, through the copy's rest as above), so it is
+//!   tracked, never read on its own;
+//! - a copy whose rest was read after a truncation is tracked from that end.
+//!
+//! All of these are checkpointed like any followed file, so a restart does
+//! not read them again either. Rotated generations are read before the live
+//! file in every poll, so one log's lines keep their order.
+//!
+//! # Logical name
+//!
+//! Each followed file has a *logical* name: the path it had when the agent
+//! first saw it (for a live log, its own name), kept across renames,
+//! copy-truncate copies and restarts (it is in the checkpoint). Lines carry
+//! it ([`Line::logical`]) beside the current path, so a partition key built
+//! from the file (`{file}`) stays the same for one log across rotations.
+//!
 //! # Lines
 //!
 //! Lines end at `\n` (the newline is not shipped; bytes are kept as they are,
@@ -82,8 +109,24 @@ pub struct Checkpoint {
     /// Its path when last seen.
     #[serde(with = "path_serde")]
     pub path: PathBuf,
+    /// Its logical name: the path it had when first seen (see the module
+    /// header). Empty in checkpoints written before it existed: the path is
+    /// used then.
+    #[serde(default, with = "path_serde", skip_serializing_if = "path_is_empty")]
+    pub logical: PathBuf,
     /// Offset after the last line that is in the spool.
     pub offset: u64,
+}
+
+impl Checkpoint {
+    /// The logical name, or the path for a checkpoint without one.
+    pub fn logical_name(&self) -> &Path {
+        if self.logical.as_os_str().is_empty() { &self.path } else { &self.logical }
+    }
+}
+
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// Paths in checkpoints: a string when the path is UTF-8, else its bytes, so
@@ -124,6 +167,8 @@ pub struct Line {
     pub id: FileId,
     /// The file's path (the path it was found under).
     pub path: PathBuf,
+    /// The file's logical name (the path it had when first seen).
+    pub logical: PathBuf,
     /// The bytes, without the newline.
     pub data: Vec<u8>,
     /// Offset just past the line (and its newline) in the file.
@@ -171,6 +216,8 @@ pub struct TailStats {
 struct Followed {
     id: FileId,
     path: PathBuf,
+    /// The path it had when first seen, kept across renames and restarts.
+    logical: PathBuf,
     file: File,
     /// Offset of the next byte to read.
     read_offset: u64,
@@ -183,12 +230,42 @@ struct Followed {
     /// Set when the file's first bytes changed under the same inode: it was
     /// truncated and written again before the size showed it.
     rewritten: bool,
+    /// A copy of another followed file (copy-truncate) that the globs match:
+    /// tracked so it is not read as a new file, never read itself (what it
+    /// holds comes through the file it copies).
+    copy: bool,
+}
+
+impl Followed {
+    /// A file followed from `offset`, not retiring.
+    fn new(id: FileId, path: PathBuf, logical: PathBuf, file: File, offset: u64) -> Self {
+        Self {
+            id,
+            path,
+            logical,
+            file,
+            read_offset: offset,
+            pending: Vec::new(),
+            last_growth: Instant::now(),
+            retiring: false,
+            rewritten: false,
+            copy: false,
+        }
+    }
+
+    /// Whether it is a rotated generation (renamed, retiring or a copy): read
+    /// before the live files, so one log's lines stay in order.
+    fn is_generation(&self) -> bool {
+        self.retiring || self.copy || self.path != self.logical
+    }
 }
 
 /// Follows the files matching a set of globs.
 #[derive(Debug)]
 pub struct Tailer {
     config: TailConfig,
+    /// The globs, parsed.
+    patterns: Vec<glob::Pattern>,
     files: Vec<Followed>,
     /// Checkpoints not matched to a file yet (files not found since start).
     waiting: HashMap<FileId, Checkpoint>,
@@ -206,12 +283,17 @@ impl Tailer {
     /// # Errors
     /// A glob pattern that does not parse.
     pub fn new(config: TailConfig, checkpoints: Vec<Checkpoint>) -> Result<Self, TailError> {
-        for g in &config.globs {
-            glob::Pattern::new(g)
-                .map_err(|e| TailError::Pattern { pattern: g.clone(), message: e.to_string() })?;
-        }
+        let patterns = config
+            .globs
+            .iter()
+            .map(|g| {
+                glob::Pattern::new(g)
+                    .map_err(|e| TailError::Pattern { pattern: g.clone(), message: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             config,
+            patterns,
             files: Vec::new(),
             waiting: checkpoints.into_iter().map(|c| (c.id, c)).collect(),
             started: false,
@@ -262,6 +344,9 @@ impl Tailer {
             self.discover(&mut errors);
             self.last_scan = Some(now);
         }
+        // Rotated generations first: their lines are older than the live
+        // file's (a stable sort keeps the order otherwise).
+        self.files.sort_by_key(|f| !f.is_generation());
         let mut used = 0;
         let mut i = 0;
         while i < self.files.len() {
@@ -283,8 +368,9 @@ impl Tailer {
         errors
     }
 
-    /// Finds files matching the globs that are not followed yet, and marks
-    /// followed files whose path now names another file as retiring.
+    /// Finds files matching the globs that are not followed yet, follows
+    /// followed files that were renamed to a name the globs match, and marks
+    /// followed files no matched name holds any more as retiring.
     fn discover(&mut self, errors: &mut Vec<TailError>) {
         let mut seen: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
         for g in &self.config.globs {
@@ -297,32 +383,47 @@ impl Tailer {
                 }
             }
         }
+        // Per directory, shorter names first: a live log (`app.log`) before
+        // the copies named after it (`app.log.1`), so a copy is known as one.
+        seen.sort_by(|(a, _), (b, _)| {
+            (a.parent(), a.as_os_str().len(), a).cmp(&(b.parent(), b.as_os_str().len(), b))
+        });
+        seen.dedup_by(|a, b| a.0 == b.0);
         for f in &mut self.files {
-            if f.retiring {
+            let is_it = |m: &std::fs::Metadata| m.dev() == f.id.dev && m.ino() == f.id.ino;
+            if seen.iter().any(|(p, m)| p == &f.path && is_it(m)) {
+                if f.retiring || f.copy {
+                    continue;
+                }
+                if let Ok(meta) = f.file.metadata() {
+                    let mut head = vec![0u8; f.id.fingerprint_len.min(meta.len()) as usize];
+                    let same = f.file.read_exact_at_start(&mut head).is_ok()
+                        && head.len() as u64 == f.id.fingerprint_len
+                        && crc32c::crc32c(&head) == f.id.fingerprint;
+                    f.rewritten = !same;
+                }
                 continue;
             }
-            let still_there = seen
-                .iter()
-                .any(|(p, m)| p == &f.path && m.dev() == f.id.dev && m.ino() == f.id.ino);
-            if !still_there {
-                f.retiring = true;
-            } else if let Ok(meta) = f.file.metadata() {
-                let mut head = vec![0u8; f.id.fingerprint_len.min(meta.len()) as usize];
-                let same = f.file.read_exact_at_start(&mut head).is_ok()
-                    && head.len() as u64 == f.id.fingerprint_len
-                    && crc32c::crc32c(&head) == f.id.fingerprint;
-                f.rewritten = !same;
+            match seen.iter().find(|(_, m)| is_it(m)) {
+                Some((p, _)) => {
+                    // Renamed (a rotation) to a name the globs match: the
+                    // same file, followed on under its new name.
+                    tracing::info!(from = %f.path.display(), to = %p.display(), offset = f.read_offset, "followed file renamed; following it under its new name");
+                    f.path = p.clone();
+                    f.retiring = false;
+                }
+                None => f.retiring = true,
             }
         }
         for (path, meta) in seen {
-            if self
-                .files
-                .iter()
-                .any(|f| !f.retiring && f.id.dev == meta.dev() && f.id.ino == meta.ino())
-            {
+            if self.files.iter().any(|f| f.id.dev == meta.dev() && f.id.ino == meta.ino()) {
                 continue;
             }
-            if let Err(e) = self.follow(&path, &meta) {
+            let followed = match self.copy_origin(&path, &meta) {
+                Some(logical) => self.track_copy(&path, logical, None),
+                None => self.follow(&path, &meta),
+            };
+            if let Err(e) = followed {
                 errors.push(TailError::Io { path, source: e });
             }
         }
@@ -336,6 +437,66 @@ impl Tailer {
                 }
             }
         }
+    }
+
+    /// Whether the globs match `path`.
+    fn matches(&self, path: &Path) -> bool {
+        self.patterns.iter().any(|p| p.matches_path(path))
+    }
+
+    /// If the new file at `path` is a copy of a followed file (in the same
+    /// directory, named after it, starting with its fingerprint), that
+    /// file's logical name.
+    fn copy_origin(&self, path: &Path, meta: &std::fs::Metadata) -> Option<PathBuf> {
+        let name = path.file_name()?.to_str()?;
+        let mut file = None;
+        for f in &self.files {
+            let named_after = f
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|live| name != live && name.starts_with(live));
+            if f.copy
+                || f.id.fingerprint_len == 0
+                || f.path.parent() != path.parent()
+                || !named_after
+                || meta.len() < f.id.fingerprint_len
+            {
+                continue;
+            }
+            if file.is_none() {
+                file = Some(File::open(path).ok()?);
+            }
+            let (fp, _) = identity::fingerprint(file.as_mut()?, f.id.fingerprint_len).ok()?;
+            if fp == f.id.fingerprint {
+                return Some(f.logical.clone());
+            }
+        }
+        None
+    }
+
+    /// Tracks a copy (copy-truncate) at `path` from its end, or from `offset`
+    /// when its rest is still to be read (a truncation seen at start-up),
+    /// under the logical name of the file it copies.
+    fn track_copy(&mut self, path: &Path, logical: PathBuf, offset: Option<u64>) -> io::Result<()> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        let id = identify(&mut file, &meta)?;
+        let start = offset.unwrap_or(meta.len()).min(meta.len());
+        file.seek(SeekFrom::Start(start))?;
+        tracing::info!(path = %path.display(), logical = %logical.display(), offset = start, "tracking a copy made by copy-truncate");
+        self.started_files.push(Checkpoint {
+            id,
+            path: path.to_path_buf(),
+            logical: logical.clone(),
+            offset: start,
+        });
+        let mut f = Followed::new(id, path.to_path_buf(), logical, file, start);
+        // Whose rest is to be read is read; one only tracked is not.
+        f.copy = offset.is_none();
+        f.retiring = !self.matches(path);
+        self.files.push(f);
+        Ok(())
     }
 
     /// Starts following a file at the right offset.
@@ -354,52 +515,52 @@ impl Tailer {
             // of the old content is in the copy, if there is one.
             self.waiting.remove(&c.id);
             self.stats.truncations += 1;
-            if let Some(mut copy) = find_copy(path, &c.id, c.offset) {
-                copy.seek(SeekFrom::Start(c.offset))?;
-                tracing::info!(path = %path.display(), offset = c.offset, "finishing a file truncated while stopped from its copy");
-                self.files.push(Followed {
-                    id: c.id,
-                    path: path.to_path_buf(),
-                    file: copy,
-                    read_offset: c.offset,
-                    pending: Vec::new(),
-                    last_growth: Instant::now(),
-                    retiring: true,
-                    rewritten: false,
-                });
-            }
-        }
-        let (id, offset) = match checkpoint {
-            Some(c) if self.waiting.contains_key(&c.id) && same_file(&c.id, &mut file, &meta)? => {
-                self.waiting.remove(&c.id);
-                if meta.len() < c.offset {
-                    self.stats.truncations += 1;
-                    (identify(&mut file, &meta)?, 0)
-                } else {
-                    (c.id, c.offset)
+            if let Some((copy, _)) = find_copy(path, &c.id, c.offset) {
+                let copy_meta = std::fs::metadata(&copy)?;
+                if !self
+                    .files
+                    .iter()
+                    .any(|f| f.id.dev == copy_meta.dev() && f.id.ino == copy_meta.ino())
+                {
+                    tracing::info!(path = %path.display(), copy = %copy.display(), offset = c.offset, "finishing a file truncated while stopped from its copy");
+                    self.track_copy(&copy, c.logical_name().to_path_buf(), Some(c.offset))?;
                 }
             }
-            _ => {
+        }
+        let (id, offset, logical) = match checkpoint {
+            Some(c) if self.waiting.contains_key(&c.id) && same_file(&c.id, &mut file, &meta)? => {
+                self.waiting.remove(&c.id);
+                let logical = c.logical_name().to_path_buf();
+                if meta.len() < c.offset {
+                    self.stats.truncations += 1;
+                    (identify(&mut file, &meta)?, 0, logical)
+                } else {
+                    (c.id, c.offset, logical)
+                }
+            }
+            Some(c) => {
+                // The same inode, other content: a file written again, still
+                // the same log.
+                let start = 0;
+                (identify(&mut file, &meta)?, start, c.logical_name().to_path_buf())
+            }
+            None => {
                 let start = match (self.started, self.config.start_at) {
                     (false, StartAt::End) => meta.len(),
                     _ => 0,
                 };
-                (identify(&mut file, &meta)?, start)
+                (identify(&mut file, &meta)?, start, path.to_path_buf())
             }
         };
         file.seek(SeekFrom::Start(offset))?;
         tracing::info!(path = %path.display(), offset, "following file");
-        self.started_files.push(Checkpoint { id, path: path.to_path_buf(), offset });
-        self.files.push(Followed {
+        self.started_files.push(Checkpoint {
             id,
             path: path.to_path_buf(),
-            file,
-            read_offset: offset,
-            pending: Vec::new(),
-            last_growth: Instant::now(),
-            retiring: false,
-            rewritten: false,
+            logical: logical.clone(),
+            offset,
         });
+        self.files.push(Followed::new(id, path.to_path_buf(), logical, file, offset));
         Ok(())
     }
 
@@ -417,16 +578,10 @@ impl Tailer {
             if same_file(&c.id, &mut file, &meta)? && meta.len() > c.offset {
                 file.seek(SeekFrom::Start(c.offset))?;
                 tracing::info!(path = %e.path().display(), offset = c.offset, "finishing a file renamed while stopped");
-                self.files.push(Followed {
-                    id: c.id,
-                    path: e.path(),
-                    file,
-                    read_offset: c.offset,
-                    pending: Vec::new(),
-                    last_growth: Instant::now(),
-                    retiring: true,
-                    rewritten: false,
-                });
+                let logical = c.logical_name().to_path_buf();
+                let mut f = Followed::new(c.id, e.path(), logical, file, c.offset);
+                f.retiring = true;
+                self.files.push(f);
             }
             return Ok(());
         }
@@ -456,7 +611,7 @@ impl Tailer {
             self.stats.truncations += 1;
             let copy = find_copy(&f.path, &f.id, f.read_offset);
             let f = &mut self.files[i];
-            if let Some(mut copy) = copy {
+            if let Some((copy_path, mut copy)) = copy {
                 tracing::info!(path = %f.path.display(), offset = f.read_offset, "file truncated: reading the rest from its copy");
                 let mut rest = Vec::new();
                 copy.seek(SeekFrom::Start(f.read_offset)).map_err(io_err(&f.path))?;
@@ -465,6 +620,15 @@ impl Tailer {
                 f.pending.extend_from_slice(&rest);
                 f.read_offset = end;
                 split_lines(f, out, max_line, &mut self.stats);
+                // The copy's whole content is read now: if the globs match it,
+                // track it from its end so it is not read as a new file.
+                let logical = f.logical.clone();
+                let tracked = copy.metadata().is_ok_and(|m| {
+                    self.files.iter().any(|g| g.id.dev == m.dev() && g.id.ino == m.ino())
+                });
+                if !tracked && self.matches(&copy_path) {
+                    self.track_copy(&copy_path, logical, Some(end)).map_err(io_err(&copy_path))?;
+                }
             } else {
                 tracing::warn!(path = %f.path.display(), offset = f.read_offset, "file truncated; no copy found");
             }
@@ -478,6 +642,11 @@ impl Tailer {
             f.file.seek(SeekFrom::Start(0)).map_err(io_err(&f.path))?;
         }
         let f = &mut self.files[i];
+        if f.copy {
+            // Read through the file it copies; let go once gone.
+            let done = f.retiring && now.duration_since(f.last_growth) >= rotate_wait;
+            return Ok((0, done));
+        }
         let mut total = 0;
         let mut chunk = vec![0u8; READ_CHUNK_BYTES.min(budget.max(4096))];
         loop {
@@ -592,6 +761,7 @@ fn push_line(
     out.push(Line {
         id: f.id,
         path: f.path.clone(),
+        logical: f.logical.clone(),
         data: f.pending[from..to].to_vec(),
         end_offset,
         split,

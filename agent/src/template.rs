@@ -47,7 +47,8 @@ pub struct KeyContext<'a> {
     pub device_id: &'a str,
     /// The input's name.
     pub input: &'a str,
-    /// The file's path (file inputs).
+    /// The file's logical name: the path it had when first seen, stable
+    /// across rotations and restarts (file inputs; see `tail`).
     pub file: &'a str,
     /// The metric's name (metrics inputs).
     pub metric: &'a str,

@@ -52,6 +52,7 @@ fn file(ino: u64) -> ChunkFile {
     ChunkFile {
         id: FileId { dev: 1, ino, fingerprint: 3, fingerprint_len: 4 },
         path: Arc::from(Path::new("/l/app.log")),
+        logical: Arc::from(Path::new("/l/app.log")),
     }
 }
 
@@ -121,7 +122,12 @@ fn started_and_forget_spool_pending_lines_first_and_reach_the_spool_alone() {
     let mut f = fixture(100, 50, 1 << 20, FullPolicy::DropOldest);
     let t0 = Instant::now();
     f.batcher.handle(Event::Records(lines(0, 0, 3)), t0).expect("records");
-    let started = Checkpoint { id: file(10).id, path: "/l/new.log".into(), offset: 0 };
+    let started = Checkpoint {
+        id: file(10).id,
+        path: "/l/new.log".into(),
+        logical: "/l/new.log".into(),
+        offset: 0,
+    };
     f.batcher
         .handle(Event::Started { input: 0, checkpoints: vec![started.clone()] }, t0)
         .expect("started");

@@ -2,7 +2,11 @@
 //! over-long lines), rename rotations, copy-truncate rotations, deletions
 //! with re-creation and agent crashes (restart from the checkpoints of the
 //! lines already handed out), checked against the lines the writer wrote:
-//! every line is handed out exactly once, in order within its file.
+//! every line is handed out exactly once, in order within its file, and
+//! names its log's logical name (the live path) whatever generation it was
+//! read from. Every seed runs twice: with a glob that matches only the live
+//! logs (`*.log`) and with one that also matches the rotated generations
+//! (`*.log*`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -43,9 +47,10 @@ impl Writer {
     }
 }
 
-fn config(dir: &Path) -> TailConfig {
+fn config(dir: &Path, generations: bool) -> TailConfig {
+    let glob = if generations { "*.log*" } else { "*.log" };
     TailConfig {
-        globs: vec![format!("{}/*.log", dir.display())],
+        globs: vec![format!("{}/{glob}", dir.display())],
         start_at: StartAt::Beginning,
         max_line_bytes: MAX_LINE,
         // Partial lines are completed by the writer; only rotation flushes them.
@@ -69,7 +74,12 @@ impl Collector {
         for l in lines {
             self.checkpoints.insert(
                 (l.id.dev, l.id.ino),
-                Checkpoint { id: l.id, path: l.path.clone(), offset: l.end_offset },
+                Checkpoint {
+                    id: l.id,
+                    path: l.path.clone(),
+                    logical: l.logical.clone(),
+                    offset: l.end_offset,
+                },
             );
             let piece = self.piece.entry((l.id.dev, l.id.ino)).or_default();
             piece.extend_from_slice(&l.data);
@@ -78,12 +88,21 @@ impl Collector {
             if l.split && l.data.len() == MAX_LINE {
                 continue;
             }
-            self.lines.push(String::from_utf8(std::mem::take(piece)).expect("utf8"));
+            let text = String::from_utf8(std::mem::take(piece)).expect("utf8");
+            // Writer `w<i>` writes `app<i>.log`.
+            let live = format!("app{}.log", &text[1..text.find('-').expect("dash")]);
+            assert_eq!(
+                l.logical.file_name().and_then(|n| n.to_str()),
+                Some(live.as_str()),
+                "line {text} read from {} names its log",
+                l.path.display()
+            );
+            self.lines.push(text);
         }
     }
 }
 
-fn run(seed: u64) {
+fn run(seed: u64, generations: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -99,7 +118,7 @@ fn run(seed: u64) {
     for w in &mut writers {
         w.append(b"");
     }
-    let mut tailer = Tailer::new(config(&dir), vec![]).expect("tailer");
+    let mut tailer = Tailer::new(config(&dir, generations), vec![]).expect("tailer");
     let mut got = Collector { lines: vec![], piece: HashMap::new(), checkpoints: HashMap::new() };
     let mut log: Vec<String> = Vec::new();
     let poll = |tailer: &mut Tailer, got: &mut Collector| {
@@ -203,7 +222,7 @@ fn run(seed: u64) {
                     "crash, resume {:?}",
                     resume.iter().map(|c| (c.path.clone(), c.offset)).collect::<Vec<_>>()
                 ));
-                tailer = Tailer::new(config(&dir), resume).expect("tailer");
+                tailer = Tailer::new(config(&dir, generations), resume).expect("tailer");
                 // A restarted agent looks at its files right away.
                 poll(&mut tailer, &mut got);
             }
@@ -240,7 +259,7 @@ fn run(seed: u64) {
             let dup: Vec<&String> =
                 mine_sorted.windows(2).filter(|p| p[0] == p[1]).map(|p| &p[0]).take(5).collect();
             panic!(
-                "{}\nseed {seed} writer {wi}: got {} lines, wrote {}; missing {missing:?}; duplicated {dup:?}; extra {extra:?}",
+                "{}\nseed {seed} (generations {generations}) writer {wi}: got {} lines, wrote {}; missing {missing:?}; duplicated {dup:?}; extra {extra:?}",
                 log.join("\n"),
                 mine_sorted.len(),
                 exp_sorted.len()
@@ -249,7 +268,7 @@ fn run(seed: u64) {
         assert_eq!(
             mine.iter().map(|s| (*s).clone()).collect::<Vec<_>>(),
             expected,
-            "seed {seed} writer {wi}: order"
+            "seed {seed} (generations {generations}) writer {wi}: order"
         );
     }
 }
@@ -259,6 +278,7 @@ fn tailer_agrees_with_the_model() {
     // `WEIR_TAIL_RUNS=<n>` runs more seeds.
     let runs = std::env::var("WEIR_TAIL_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(60u64);
     for seed in 0..runs {
-        run(seed);
+        run(seed, false);
+        run(seed, true);
     }
 }

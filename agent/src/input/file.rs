@@ -71,7 +71,7 @@ struct Worker {
     shared: Arc<Shared>,
     /// Files whose checkpoints the batcher may hold.
     known: HashSet<FileKey>,
-    /// Partition key per path.
+    /// Partition key per logical name.
     keys: HashMap<Arc<Path>, String>,
     /// Shared paths, so records of one file share one allocation.
     paths: HashMap<PathBuf, Arc<Path>>,
@@ -207,24 +207,27 @@ impl Worker {
         chunk.buf.reserve(lines.iter().map(|l| l.data.len()).sum());
         chunk.records.reserve(lines.len());
         let mut bytes = 0u64;
-        let mut current: Option<(PathBuf, Arc<Path>)> = None;
+        let mut current: Option<(PathBuf, Arc<Path>, Arc<Path>)> = None;
         for line in lines {
-            let path = match &current {
-                Some((p, arc)) if *p == line.path => arc.clone(),
+            let (path, logical) = match &current {
+                Some((p, arc, logical)) if *p == line.path && **logical == *line.logical => {
+                    (arc.clone(), logical.clone())
+                }
                 _ => {
-                    let arc = self
-                        .paths
-                        .entry(line.path.clone())
-                        .or_insert_with(|| Arc::from(line.path.as_path()))
-                        .clone();
-                    current = Some((line.path.clone(), arc.clone()));
-                    arc
+                    let arc = intern(&mut self.paths, &line.path);
+                    let logical = intern(&mut self.paths, &line.logical);
+                    current = Some((line.path.clone(), arc.clone(), logical.clone()));
+                    (arc, logical)
                 }
             };
             let file_index = match chunk.files.last() {
                 Some(f) if f.id == line.id && Arc::ptr_eq(&f.path, &path) => chunk.files.len() - 1,
                 _ => {
-                    chunk.files.push(ChunkFile { id: line.id, path: path.clone() });
+                    chunk.files.push(ChunkFile {
+                        id: line.id,
+                        path: path.clone(),
+                        logical: logical.clone(),
+                    });
                     chunk.files.len() - 1
                 }
             };
@@ -240,8 +243,10 @@ impl Worker {
                     );
                 }
             }
-            if !self.keys.contains_key(&path) {
-                let file = path.to_string_lossy();
+            // `{file}` is the logical name: one log keeps one key across
+            // rotations and restarts.
+            if !self.keys.contains_key(&logical) {
+                let file = logical.to_string_lossy();
                 let key = self.key.expand(&KeyContext {
                     device_id: &self.device_id,
                     input: &self.name,
@@ -250,9 +255,9 @@ impl Worker {
                     node: "",
                     key: "",
                 });
-                self.keys.insert(path.clone(), key);
+                self.keys.insert(logical.clone(), key);
             }
-            let key = self.keys.get(&path).map_or("-", String::as_str);
+            let key = self.keys.get(&logical).map_or("-", String::as_str);
             bytes += line.data.len() as u64;
             chunk.push(key, &line.data, Some(ts), Some((file_index as u32, line.end_offset)));
         }
@@ -299,3 +304,13 @@ impl Worker {
 /// The batcher hung up.
 #[derive(Debug)]
 struct Disconnected;
+
+/// The shared copy of a path, so records of one file share one allocation.
+fn intern(paths: &mut HashMap<PathBuf, Arc<Path>>, path: &Path) -> Arc<Path> {
+    if let Some(arc) = paths.get(path) {
+        return arc.clone();
+    }
+    let arc: Arc<Path> = Arc::from(path);
+    paths.insert(path.to_path_buf(), arc.clone());
+    arc
+}

@@ -60,7 +60,7 @@ pub(super) fn identify(file: &mut File, meta: &std::fs::Metadata) -> io::Result<
 /// directory, named after it (`app.log.1`, `app.log-20260101`), holding at
 /// least `offset` bytes, whose first bytes match `id`'s fingerprint; the most
 /// recently modified one when several do.
-pub(super) fn find_copy(path: &Path, id: &FileId, offset: u64) -> Option<File> {
+pub(super) fn find_copy(path: &Path, id: &FileId, offset: u64) -> Option<(PathBuf, File)> {
     let dir = path.parent()?;
     let name = path.file_name()?.to_str()?;
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
@@ -85,5 +85,5 @@ pub(super) fn find_copy(path: &Path, id: &FileId, offset: u64) -> Option<File> {
             best = Some((modified, e.path()));
         }
     }
-    best.and_then(|(_, p)| File::open(p).ok())
+    best.and_then(|(_, p)| File::open(&p).ok().map(|f| (p, f)))
 }

@@ -402,6 +402,7 @@ impl Reader {
             chunk.files.push(ChunkFile {
                 id: FileId { dev, ino, fingerprint: crc, fingerprint_len: payload.len() as u64 },
                 path: Arc::from(Path::new(producer)),
+                logical: Arc::from(Path::new(producer)),
             });
             let s = &self.shared.inputs[self.task.index];
             s.records.fetch_add(chunk.records.len() as u64, Ordering::Relaxed);
