@@ -25,6 +25,7 @@ pub mod event;
 pub mod input;
 pub mod multiline;
 pub mod producer;
+pub mod prometheus;
 pub mod shipper;
 pub mod spool;
 pub mod stats;
@@ -67,6 +68,15 @@ pub enum RunError {
         /// Which one.
         component: String,
     },
+    /// `[metrics] listen` could not be bound.
+    #[error("metrics.listen {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("starting the {what} thread: {source}")]
     Thread {
@@ -95,6 +105,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!(collector = %config.collector.address, "plain MQTT: records travel unencrypted");
             None
         }
+    };
+    // Bound before anything starts, so a taken port stops the agent cleanly.
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            prometheus::bind(addr)
+                .await
+                .map_err(|source| RunError::MetricsListen { addr, source })?,
+        ),
     };
     let spool = Spool::open(&config.spool_dir, config.spool)?;
     let had_entries = spool.next_seq() > 0;
@@ -214,6 +233,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started_at_ms: now_ms(),
         serial: serial_stats,
     };
+    let metrics_task = match metrics_listener {
+        None => None,
+        Some(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            }
+            let (reporter, shared, spool) = (reporter.clone(), shared.clone(), spool.clone());
+            let stop = shared.clone();
+            Some(tokio::spawn(async move {
+                let status = move || reporter.status(&shared, &spool);
+                prometheus::serve(listener, status, async move { stop.shutdown.wait().await })
+                    .await;
+            }))
+        }
+    };
     let status_task = {
         let (reporter, shared, spool) = (reporter.clone(), shared.clone(), spool.clone());
         tokio::spawn(async move {
@@ -263,6 +297,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = joined.await;
     let _ = shipper.await;
     let _ = status_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     reporter.write(&shared, &spool);
     tracing::info!("stopped");
     match died {

@@ -491,6 +491,10 @@ fn bad_configurations_are_refused_with_the_key_at_fault() {
             "`inputs[0].interval_ms`",
         ),
         (good.replace("[spool]\n", "[spool]\nwhen_full = \"sometimes\"\n"), "`spool.when_full`"),
+        (
+            good.replace("[spool]\n", "[metrics]\nlisten = \"nowhere\"\n[spool]\n"),
+            "`metrics.listen`",
+        ),
         (good.replace(&format!("{ca:?}"), "\"/nonexistent/ca.pem\""), "`collector.tls.ca_file`"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
@@ -501,7 +505,7 @@ fn bad_configurations_are_refused_with_the_key_at_fault() {
             !ok && stderr.contains(key),
             "case {i}: check-config must name {key}; said {stderr:?}\n{text}"
         );
-        if i < 7 {
+        if i < 8 {
             // The agent refuses to start on it too, with the same message.
             let (ok, _, stderr) = agent_command(&["--config".as_ref(), path.as_os_str()]);
             assert!(!ok && stderr.contains(key), "case {i}: run must name {key}; said {stderr:?}");
@@ -865,4 +869,45 @@ fn globs_with_and_without_the_generations_ship_every_line_once_in_order_under_on
     eprintln!("rotation kill -9 seed: {seed} (WEIR_KILL_SEED={seed} replays it)");
     rotate_and_kill("*.log", "gen-live", seed);
     rotate_and_kill("*.log*", "gen-all", seed);
+}
+
+#[test]
+fn metrics_listen_serves_the_agents_counters_as_prometheus_text() {
+    let mut w = world("prom-dev");
+    let logs = w.logs("logs");
+    let log = logs.join("app.log");
+    let lines: String = (0..50).map(|n| line(0, 0, n)).collect();
+    append(&log, &lines);
+    let port = free_port();
+    let extra = format!(
+        "{FAST_BATCH}[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        file_input("app", &logs.join("*.log"), "prom")
+    );
+    let mut agent = w.agent("prom-dev", extra);
+    agent.start();
+    assert!(
+        agent.wait_status(SHIP_TIMEOUT, |s| s["shipped"]["records"].as_u64() >= Some(50)
+            && status::drained(s)),
+        "lines not shipped\n{}",
+        failure(&agent, &w.collector)
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (code, text) = weir_tests::harness::http(addr, "GET", "/metrics").expect("scrape");
+    assert_eq!(code, 200, "{text}");
+    let value = |series: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let labels = "{input=\"app\",kind=\"file\",stream=\"prom\"}";
+    assert_eq!(value(&format!("weir_agent_input_records_total{labels}")), Some(50.0), "{text}");
+    assert_eq!(value(&format!("weir_agent_input_files{labels}")), Some(1.0), "{text}");
+    assert!(value("weir_agent_shipped_records_total").is_some_and(|v| v >= 50.0), "{text}");
+    assert_eq!(value("weir_agent_connection_state{state=\"connected\"}"), Some(1.0), "{text}");
+    assert_eq!(value("weir_agent_connection_state{state=\"stopped\"}"), Some(0.0), "{text}");
+    assert_eq!(value("weir_agent_spool_entries"), Some(0.0), "{text}");
+    assert!(text.contains("# TYPE weir_agent_input_records_total counter"), "{text}");
+    let (code, _) = weir_tests::harness::http(addr, "GET", "/nope").expect("scrape");
+    assert_eq!(code, 404);
+    let (code, _) = weir_tests::harness::http(addr, "POST", "/metrics").expect("scrape");
+    assert_eq!(code, 405);
+    let _ = w.finish(&mut [&mut agent], "prom");
 }

@@ -35,6 +35,9 @@
 //! file = "/var/lib/weir-agent/spool/status.json"   # default: in the spool directory
 //! interval_ms = 1000                  # how often it is rewritten
 //!
+//! [metrics]
+//! # listen = "127.0.0.1:9273"         # serve Prometheus text on GET /metrics [default: off]
+//!
 //! [[inputs]]
 //! kind = "file"
 //! name = "app"                        # default: the paths; keep it stable (checkpoints)

@@ -42,6 +42,8 @@ pub struct Config {
     pub status_file: PathBuf,
     /// How often the status file is rewritten.
     pub status_interval: Duration,
+    /// Where Prometheus text is served (`[metrics] listen`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Human-readable checkpoint file.
     pub checkpoint_file: PathBuf,
     /// Inputs, in file order.

@@ -406,6 +406,19 @@ impl ConfigFile {
                 100..=60_000,
             )?),
             checkpoint_file: s.dir.join(CHECKPOINT_FILE_NAME),
+            metrics_listen: self
+                .metrics
+                .listen
+                .as_deref()
+                .map(|l| {
+                    l.parse().map_err(|_| {
+                        err(
+                            "metrics.listen",
+                            format!("{l:?} is not HOST:PORT (e.g. \"127.0.0.1:9273\")"),
+                        )
+                    })
+                })
+                .transpose()?,
             inputs,
         })
     }

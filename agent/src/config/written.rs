@@ -27,6 +27,8 @@ pub struct ConfigFile {
     pub batch: BatchSection,
     /// The status file.
     pub status: StatusSection,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
     /// The inputs.
     pub inputs: Vec<InputSection>,
 }
@@ -133,6 +135,15 @@ pub struct StatusSection {
     pub file: Option<PathBuf>,
     /// How often it is rewritten, milliseconds (default 1000).
     pub interval_ms: Option<u64>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `HOST:PORT` to serve Prometheus text on (`GET /metrics`); off unless
+    /// set.
+    pub listen: Option<String>,
 }
 
 /// One `[[inputs]]` entry as written: the keys of every kind, checked
