@@ -50,9 +50,31 @@
 //! `DataFormatConversion.MalformedData`). Writing the error output is
 //! retried without end: nothing is dropped.
 //!
+//! # A full disk
+//!
+//! A destination whose disk is full ([`FirehoseError::DiskFull`]: the
+//! directory destination below its free-space reserve, or a write that
+//! failed with ENOSPC) pauses delivery: the batch stays pending in the
+//! checkpoint, its attempts back off as above, but they never start the
+//! retry duration (nothing goes to the error output, which usually shares
+//! the disk), and no checkpoint is written for them (the checkpoint may
+//! share the disk too). While a batch so paused waits, each poll asks the
+//! destination whether the object now fits ([`Destination::has_room`]) and
+//! tries again at once when it does, so delivery resumes within a poll of
+//! space being freed, with the same batch under the same key. The status
+//! ([`DeliveryStream::failure`]) says so meanwhile.
+//!
+//! A checkpoint save that fails leaves the checkpoint in memory ahead of
+//! the saved one; it is saved again before the next attempt writes
+//! anything, so a batch is always pending in the saved checkpoint before
+//! its object is written.
+//!
 //! Metrics (through the `metrics` facade, label `delivery_stream`):
 //! `weir_firehose_delivered_records_total` / `_bytes_total`,
 //! `weir_firehose_retried_records_total` / `_bytes_total` (per failed
+//! attempt), `weir_firehose_delivery_failures_total` (per failed attempt,
+//! label `reason`: `disk_full` or `destination`),
+//! `weir_firehose_delivery_paused` (1 while a batch waits for its next
 //! attempt), `weir_firehose_failed_records_total` / `_bytes_total` (written
 //! to the error output) and `weir_firehose_last_delivery_timestamp_seconds`.
 //!
@@ -87,9 +109,9 @@ use attempt::{AttemptError, Output};
 pub use errors::{CONVERSION_FAILED, CONVERSION_FAILED_CODE};
 use errors::{ErrorOutput, error_code};
 use lineage::{Consumer, waits_for_parent};
-pub use report::{DeliveredObject, PollReport};
+pub use report::{DeliveredObject, DeliveryFailure, PollReport};
 use retry::Retries;
-pub use retry::{RETRY_INITIAL_MS, RETRY_MAX_MS, backoff_ms};
+pub use retry::{DESTINATION, DISK_FULL, RETRY_INITIAL_MS, RETRY_MAX_MS, backoff_ms};
 
 use super::checkpoint::{Checkpoint, PendingBatch, PendingFailure, ShardCheckpoint};
 use super::config::DeliveryConfig;
@@ -119,6 +141,9 @@ pub struct DeliveryStream<S, D> {
     consumers: BTreeMap<u64, Consumer>,
     recovering: bool,
     retries: Retries,
+    /// The last checkpoint save failed: `checkpoint` is ahead of the saved
+    /// one, and is saved before any object is written.
+    unsaved: bool,
 }
 
 impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
@@ -196,6 +221,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             consumers: BTreeMap::new(),
             recovering: true,
             retries: Retries::default(),
+            unsaved: false,
         };
         let mut report = PollReport::default();
         if let Err(e) = me.redeliver_pending(&mut report).await {
@@ -205,7 +231,14 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             // The destination failed: open anyway; polls retry with backoff.
             tracing::warn!(delivery_stream = %me.output.config.name, error = %e, "delivering an interrupted batch failed; retrying");
         }
+        metrics::paused(&me.output.config.name, !me.retries.is_empty());
         Ok((me, report))
+    }
+
+    /// Why delivery is failing, while it is: the first failing batch's
+    /// cause (a full disk: paused), attempts and last error.
+    pub fn failure(&self) -> Option<DeliveryFailure> {
+        self.retries.failure()
     }
 
     /// The configuration.
@@ -237,6 +270,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             self.poll_shards(&mut report).await
         }
         .await;
+        metrics::paused(&self.output.config.name, !self.retries.is_empty());
         match result {
             Ok(()) => Ok(report),
             Err(e) => {
@@ -253,9 +287,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
     /// not yet delivered are read again after a restart.
     pub async fn run(mut self, poll_interval: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let failed = crate::log_limit::LogLimit::new();
         loop {
             if let Err(e) = self.poll().await {
-                tracing::warn!(delivery_stream = %self.output.config.name, error = %e, "delivery poll failed");
+                let name = &self.output.config.name;
+                if let Some(count) = failed.hit(e.cause(), 1, std::time::Instant::now()) {
+                    tracing::warn!(delivery_stream = %name, polls = count, error = %e, "delivery poll failed");
+                }
             }
             tokio::select! {
                 () = &mut shutdown => return,
@@ -264,8 +302,10 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
         }
     }
 
-    async fn save_checkpoint(&self) -> Result<(), FirehoseError> {
-        self.checkpoints.save(self.checkpoint.clone()).await
+    async fn save_checkpoint(&mut self) -> Result<(), FirehoseError> {
+        let saved = self.checkpoints.save(self.checkpoint.clone()).await;
+        self.unsaved = saved.is_err();
+        saved
     }
 
     async fn stream_id(&mut self) -> Result<(u64, Vec<ShardDescription>), FirehoseError> {
@@ -289,6 +329,15 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             .filter_map(|(id, s)| s.pending.clone().map(|p| (id.clone(), p)))
             .collect();
         let now = self.clock.now_ms();
+        for (id, _) in &pending {
+            // Paused by a full disk: go again as soon as the object fits.
+            if self.retries.waiting(id, now)
+                && let Some(bytes) = self.retries.disk_full(id)
+                && self.output.destination.has_room(bytes).await
+            {
+                self.retries.due(id, now);
+            }
+        }
         if pending.iter().any(|(id, _)| self.retries.waiting(id, now)) {
             return Ok(());
         }
@@ -494,6 +543,11 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                         reason: format!("{shard_id}: no pending batch to deliver"),
                     },
                 )?;
+            if self.unsaved {
+                // The batch must be pending in the saved checkpoint before
+                // its object is written.
+                self.save_checkpoint().await?;
+            }
             let e = match self.output.attempt(self.clock.as_ref(), shard_id, &split, &pending).await
             {
                 Ok((delivered, errors)) => {
@@ -541,8 +595,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             report.failed_attempts += 1;
             let now = self.clock.now_ms();
             if !self.retries.contains(shard_id) {
-                // The first failure (since opening): the retry duration
-                // counts from the first failure saved in the checkpoint.
+                self.retries.start(shard_id, now);
+            }
+            if !e.is_disk_full() && !self.retries.has_since(shard_id) {
+                // The first failure (since opening) that is not a full disk:
+                // the retry duration counts from the first failure saved in
+                // the checkpoint. A full disk saves nothing (the checkpoint
+                // may be on it) and starts no retry duration: it pauses.
                 let since_ms = match pending.first_failure_ms {
                     Some(t) => t.min(now),
                     None => {
@@ -558,14 +617,18 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                         now
                     }
                 };
-                self.retries.start(shard_id, since_ms, now);
+                self.retries.set_since(shard_id, since_ms);
             }
-            let Some(state) = self.retries.count_failure(shard_id) else {
+            let Some(state) = self.retries.count_failure(shard_id, &e) else {
                 return Err(e);
             };
             let (count, bytes) = split.totals(&self.output.config.format);
-            metrics::retried(&self.output.config.name, count, bytes);
-            let expired = state.expired(now, self.output.config.retry_duration_secs);
+            let name = &self.output.config.name;
+            metrics::retried(name, count, bytes);
+            metrics::failure(name, if e.is_disk_full() { DISK_FULL } else { DESTINATION });
+            // A full disk now pauses, whatever failed before.
+            let expired =
+                !e.is_disk_full() && state.expired(now, self.output.config.retry_duration_secs);
             if pending.error.is_none() && expired {
                 tracing::warn!(delivery_stream = %self.output.config.name, shard = %shard_id, attempts = state.attempts, error = %e, "retry duration over; the batch goes to the error output");
                 let failure = PendingFailure {
