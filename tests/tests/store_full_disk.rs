@@ -19,8 +19,6 @@
 mod kinesis_support;
 mod mqtt_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
@@ -29,53 +27,11 @@ use kinesis_support::ops::{create, drain, iterator};
 use kinesis_support::sdk;
 use mqtt_support::{Ack, Conn, Msg, Report, Version, publish};
 use weir_tests::harness::{Collector, http};
+use weir_tests::tmpfs::{Tmpfs, free_bytes};
 
 const FS_SIZE: &str = "64m";
 const RESERVE: u64 = 16 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path) -> Option<Self> {
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 0
-        });
-        if !root {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        std::fs::create_dir_all(at).expect("mount point");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={FS_SIZE}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: mount -t tmpfs failed here (no CAP_SYS_ADMIN?)");
-            return None;
-        }
-        Some(Self(at.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Free bytes of the filesystem holding `path` (`df`).
-fn free_bytes(path: &Path) -> u64 {
-    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().expect("df");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df prints the free bytes")
-}
 
 async fn put(client: &aws_sdk_kinesis::Client, n: usize) -> Result<String, String> {
     client
@@ -104,7 +60,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_appends_reports_degraded_and_recovers_by_itself() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(mount) = Mount::tmpfs(&tmp.path().join("small")) else { return };
+    let Some(mount) = Tmpfs::mount(&tmp.path().join("small"), FS_SIZE) else { return };
     let config =
         mqtt_support::config_file(tmp.path(), &format!("[store]\nmin_free_bytes = {RESERVE}\n"));
     let c = tokio::task::block_in_place(|| {
@@ -249,7 +205,7 @@ fn disk_full_lines(c: &Collector) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_on_a_full_disk_refuses_v5_with_0x97_closes_v3_logs_little_and_resumes() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(mount) = Mount::tmpfs(&tmp.path().join("small")) else { return };
+    let Some(mount) = Tmpfs::mount(&tmp.path().join("small"), FS_SIZE) else { return };
     let config =
         mqtt_support::config_file(tmp.path(), &format!("[store]\nmin_free_bytes = {RESERVE}\n"));
     let c = tokio::task::block_in_place(|| {

@@ -50,7 +50,8 @@
 //! root's filesystem (`statvfs`) and refuses an object that would leave less
 //! than the reserve free (`[[firehose]] min_free_bytes`, by default
 //! [`DEFAULT_MIN_FREE_BYTES`] or 1% of the filesystem, whichever is
-//! smaller), with [`FirehoseError::DiskFull`]; so does a write that fails
+//! smaller; 0 turns the check off), with [`FirehoseError::DiskFull`]; so
+//! does a write that fails
 //! with ENOSPC or EDQUOT anyway (the reserve was not enough, or another
 //! writer took the space), after its temp file was removed. Nothing under a
 //! final name is touched. The delivery stream pauses on that error (see
@@ -210,10 +211,11 @@ impl DirectoryDestination {
     }
 
     /// `Err(DiskFull)` if writing `bytes` would leave less than the reserve
-    /// free. A filesystem that cannot be asked does not block the write.
+    /// free. A filesystem that cannot be asked does not block the write, nor
+    /// does a reserve of 0 (then only the write's ENOSPC stops it).
     fn check_room(&self, path: &Path, bytes: u64) -> Result<(), FirehoseError> {
         match self.space() {
-            Some((free, reserve)) if free < bytes.saturating_add(reserve) => {
+            Some((free, reserve)) if reserve > 0 && free < bytes.saturating_add(reserve) => {
                 Err(FirehoseError::DiskFull {
                     path: path.to_owned(),
                     needed: bytes,
