@@ -52,22 +52,14 @@
 //!
 //! # A full disk
 //!
-//! A destination whose disk is full ([`FirehoseError::DiskFull`]: the
-//! directory destination below its free-space reserve, or a write that
-//! failed with ENOSPC) pauses delivery: the batch stays pending in the
-//! checkpoint, its attempts back off as above, but they never start the
-//! retry duration (nothing goes to the error output, which usually shares
-//! the disk), and no checkpoint is written for them (the checkpoint may
-//! share the disk too). While a batch so paused waits, each poll asks the
-//! destination whether the object now fits ([`Destination::has_room`]) and
-//! tries again at once when it does, so delivery resumes within a poll of
-//! space being freed, with the same batch under the same key. The status
-//! ([`DeliveryStream::failure`]) says so meanwhile.
-//!
-//! A checkpoint save that fails leaves the checkpoint in memory ahead of
-//! the saved one; it is saved again before the next attempt writes
-//! anything, so a batch is always pending in the saved checkpoint before
-//! its object is written.
+//! [`FirehoseError::DiskFull`] pauses: the batch stays pending, backs off as
+//! above without starting the retry duration (nothing goes to the error
+//! output) and without a checkpoint write (the checkpoint may share the
+//! disk), and goes again at the first poll at which the destination
+//! [has room](Destination::has_room); [`DeliveryStream::failure`] says so
+//! meanwhile. A checkpoint save that failed is made again before the next
+//! object is written, so a batch is always pending in the saved checkpoint
+//! before its object is written.
 //!
 //! Metrics (through the `metrics` facade, label `delivery_stream`):
 //! `weir_firehose_delivered_records_total` / `_bytes_total`,
@@ -108,7 +100,7 @@ use std::time::Duration;
 use attempt::{AttemptError, Output};
 pub use errors::{CONVERSION_FAILED, CONVERSION_FAILED_CODE};
 use errors::{ErrorOutput, error_code};
-use lineage::{Consumer, waits_for_parent};
+use lineage::{Consumer, read_range, waits_for_parent};
 pub use report::{DeliveredObject, DeliveryFailure, PollReport};
 use retry::Retries;
 pub use retry::{DESTINATION, DISK_FULL, RETRY_INITIAL_MS, RETRY_MAX_MS, backoff_ms};
@@ -350,28 +342,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                     last: p.last_offset,
                 };
                 let index = shards.iter().find(|s| s.shard_id == shard_id).ok_or_else(gone)?.index;
-                let mut records = Vec::new();
-                let mut offset = p.first_offset;
-                while offset <= p.last_offset {
-                    // At most this many records (exactly, on a store with
-                    // dense offsets); reads past the batch are cut below.
-                    let want = usize::try_from(p.last_offset - offset + 1).unwrap_or(usize::MAX);
-                    let from = ShardPosition { stream_id, shard_index: index, offset };
-                    let limits = ReadLimits {
-                        max_records: want.min(READ_MAX_RECORDS),
-                        max_bytes: READ_MAX_BYTES,
-                    };
-                    let batch =
-                        self.store.read(&self.output.config.source_stream, from, limits).await?;
-                    match batch.records.first() {
-                        Some(r) if r.sequence.offset == offset => {}
-                        _ => return Err(gone()),
-                    }
-                    records.extend(
-                        batch.records.into_iter().filter(|r| r.sequence.offset <= p.last_offset),
-                    );
-                    offset = batch.next.offset;
-                }
+                let from = ShardPosition { stream_id, shard_index: index, offset: p.first_offset };
+                let limits =
+                    ReadLimits { max_records: READ_MAX_RECORDS, max_bytes: READ_MAX_BYTES };
+                let stream = &self.output.config.source_stream;
+                let records = read_range(&self.store, stream, from, p.last_offset, limits)
+                    .await?
+                    .ok_or_else(gone)?;
                 if !self.retries.contains(&shard_id) {
                     tracing::info!(delivery_stream = %self.output.config.name, shard = %shard_id, key = %p.key, "delivering an interrupted batch again");
                 }
@@ -594,34 +571,17 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             };
             report.failed_attempts += 1;
             let now = self.clock.now_ms();
-            if !self.retries.contains(shard_id) {
-                self.retries.start(shard_id, now);
+            let (state, starts) = self.retries.fail(shard_id, &e, now, pending.first_failure_ms);
+            if starts {
+                // The retry duration starts now: saved, so that a restart
+                // does not start it again.
+                if let Some(p) =
+                    self.checkpoint.shards.get_mut(shard_id).and_then(|s| s.pending.as_mut())
+                {
+                    p.first_failure_ms = Some(now);
+                }
+                self.save_checkpoint().await?;
             }
-            if !e.is_disk_full() && !self.retries.has_since(shard_id) {
-                // The first failure (since opening) that is not a full disk:
-                // the retry duration counts from the first failure saved in
-                // the checkpoint. A full disk saves nothing (the checkpoint
-                // may be on it) and starts no retry duration: it pauses.
-                let since_ms = match pending.first_failure_ms {
-                    Some(t) => t.min(now),
-                    None => {
-                        if let Some(p) = self
-                            .checkpoint
-                            .shards
-                            .get_mut(shard_id)
-                            .and_then(|s| s.pending.as_mut())
-                        {
-                            p.first_failure_ms = Some(now);
-                        }
-                        self.save_checkpoint().await?;
-                        now
-                    }
-                };
-                self.retries.set_since(shard_id, since_ms);
-            }
-            let Some(state) = self.retries.count_failure(shard_id, &e) else {
-                return Err(e);
-            };
             let (count, bytes) = split.totals(&self.output.config.format);
             let name = &self.output.config.name;
             metrics::retried(name, count, bytes);

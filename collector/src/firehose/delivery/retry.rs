@@ -87,46 +87,39 @@ impl Retries {
         }
     }
 
-    /// The shard's batch failed for the first time since opening.
-    pub(super) fn start(&mut self, shard_id: &str, now_ms: u64) {
-        let state = RetryState {
+    /// Counts a failed attempt at the shard's batch at `now_ms`; its first
+    /// failure saved in the checkpoint is `saved_since_ms`. The retry
+    /// duration counts from the first failure that is not a full disk (a
+    /// full disk pauses, and saves nothing: the checkpoint may be on it):
+    /// from `saved_since_ms` if there is one, else from now, and then the
+    /// answer's `true` says to save it.
+    pub(super) fn fail(
+        &mut self,
+        shard_id: &str,
+        error: &FirehoseError,
+        now_ms: u64,
+        saved_since_ms: Option<u64>,
+    ) -> (RetryState, bool) {
+        let state = self.0.entry(shard_id.to_owned()).or_insert_with(|| RetryState {
             since_ms: None,
             attempts: 0,
             next_ms: now_ms,
             first_ms: now_ms,
             disk_full: None,
             last_error: String::new(),
-        };
-        self.0.insert(shard_id.to_owned(), state);
-    }
-
-    /// Whether the shard's retry duration has started.
-    pub(super) fn has_since(&self, shard_id: &str) -> bool {
-        self.0.get(shard_id).is_some_and(|r| r.since_ms.is_some())
-    }
-
-    /// The shard's batch has been failing (not for a full disk) since
-    /// `since_ms`.
-    pub(super) fn set_since(&mut self, shard_id: &str, since_ms: u64) {
-        if let Some(s) = self.0.get_mut(shard_id) {
-            s.since_ms = Some(since_ms);
+        });
+        let mut starts = false;
+        if state.since_ms.is_none() && !error.is_disk_full() {
+            state.since_ms = Some(saved_since_ms.map_or(now_ms, |t| t.min(now_ms)));
+            starts = saved_since_ms.is_none();
         }
-    }
-
-    /// Counts a failed attempt of the shard's batch (after [`start`](Self::start)).
-    pub(super) fn count_failure(
-        &mut self,
-        shard_id: &str,
-        error: &FirehoseError,
-    ) -> Option<RetryState> {
-        let state = self.0.get_mut(shard_id)?;
         state.attempts = state.attempts.saturating_add(1);
         state.disk_full = match error {
             FirehoseError::DiskFull { needed, .. } => Some(*needed),
             _ => None,
         };
         state.last_error = error.to_string();
-        Some(state.clone())
+        (state.clone(), starts)
     }
 
     /// Schedules the next attempt, the backoff after `attempts` from `now_ms`.
