@@ -9,6 +9,7 @@
 //! segment_max_bytes = 134217728
 //! segment_max_age_secs = 3600
 //! # min_free_bytes = 268435456  # below, appends are refused [default: min(256 MiB, 1% of the disk)]
+//! reopen_backoff_ms = 1000    # a failed shard is reopened from its files after this (doubling, up to 60 s)
 //! # servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]  # set: the JetStream backend
 //! # replicas = 3               # 1 | 3 | 5, of every JetStream stream and bucket
 //! # prefix = "weir"            # of JetStream stream, subject and bucket names
@@ -272,6 +273,9 @@ pub struct StoreSection {
     /// Free bytes the data directory's filesystem keeps; below, appends are
     /// refused [default: the smaller of 256 MiB and 1% of the filesystem].
     pub min_free_bytes: Option<u64>,
+    /// First wait before a failed shard is reopened from its files
+    /// (milliseconds; doubles per failed attempt, up to 60 s).
+    pub reopen_backoff_ms: u64,
     /// NATS servers (`nats://HOST:PORT`); set, the records live in JetStream
     /// instead of the embedded store (see `store::jetstream`).
     pub servers: Vec<String>,
@@ -298,6 +302,7 @@ impl Default for StoreSection {
             segment_max_age_secs: d.segment_max_age.as_secs(),
             retention_check_interval_secs: d.retention_check_interval.as_secs(),
             min_free_bytes: None,
+            reopen_backoff_ms: d.reopen_backoff.as_millis() as u64,
             servers: Vec::new(),
             credentials_file: None,
             user: None,
@@ -550,6 +555,7 @@ impl Config {
             segment_max_age: Duration::from_secs(self.store.segment_max_age_secs),
             retention_check_interval: Duration::from_secs(self.store.retention_check_interval_secs),
             min_free_bytes: self.store.min_free_bytes,
+            reopen_backoff: Duration::from_millis(self.store.reopen_backoff_ms),
         };
         config.validate().map_err(|e| self.invalid(&format!("store.{}", e.key), e.message))?;
         Ok(config)

@@ -68,7 +68,7 @@ pub fn store_fault(e: &StoreError) -> Option<&'static str> {
         | StoreError::LimitExceeded(_)
         | StoreError::ThroughputExceeded { .. }
         | StoreError::ShuttingDown => None,
-        StoreError::DiskFull { .. } => Some("disk_full"),
+        StoreError::DiskFull { .. } | StoreError::OutOfSpace { .. } => Some("disk_full"),
         StoreError::ShardFailed { .. } => Some("shard_failed"),
         StoreError::Corrupt { .. } => Some("corrupt"),
         StoreError::Backend { .. } => Some("backend"),

@@ -316,6 +316,15 @@ async fn health_and_per_shard_metrics() {
         text.contains("weir_api_requests_total{operation=\"PutRecord\",outcome=\"ok\"} 3"),
         "{text}"
     );
+    // The embedded store's health gauges are there before any fault.
+    let gauge = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(gauge("weir_store_failed_shards"), Some(0.0), "{text}");
+    assert!(gauge("weir_store_free_bytes").is_some_and(|b| b > 0.0), "{text}");
 }
 
 #[tokio::test]

@@ -152,7 +152,9 @@ impl From<StoreError> for ApiError {
                     "Rate exceeded for shard {shard} in stream {stream} under account {ACCOUNT_ID}."
                 ),
             ),
-            StoreError::DiskFull { .. } => (ErrorKind::InternalFailure, e.to_string()),
+            StoreError::DiskFull { .. }
+            | StoreError::OutOfSpace { .. }
+            | StoreError::ShardFailed { .. } => (ErrorKind::InternalFailure, e.to_string()),
             // Corruption, failed writers, I/O, shutdown: the collector's fault.
             _ => (ErrorKind::InternalFailure, "Internal service failure.".to_owned()),
         };

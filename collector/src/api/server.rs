@@ -120,6 +120,9 @@ async fn health<S: StreamStore + Clone>(State(state): State<Arc<HttpState<S>>>) 
 async fn prometheus<S: StreamStore + Clone>(State(state): State<Arc<HttpState<S>>>) -> Response {
     match &state.metrics {
         Some(h) => {
+            // Asking refreshes the store's gauges (free bytes, failed shards),
+            // so they are there from the first scrape, not the first fault.
+            let _ = state.api.store.degraded();
             h.run_upkeep();
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()
         }

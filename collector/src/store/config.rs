@@ -72,6 +72,9 @@ pub struct StoreConfig {
     /// refused (`space`). `None`: the smaller of 256 MiB and 1% of the
     /// filesystem; `Some(0)`: no reserve.
     pub min_free_bytes: Option<u64>,
+    /// How long a failed shard waits before its writer reopens it from its
+    /// files (the first wait; each failed attempt doubles it, up to a minute).
+    pub reopen_backoff: Duration,
 }
 
 impl Default for StoreConfig {
@@ -82,6 +85,7 @@ impl Default for StoreConfig {
             segment_max_age: Duration::from_secs(3600),
             retention_check_interval: Duration::from_secs(60),
             min_free_bytes: None,
+            reopen_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -121,6 +125,12 @@ impl StoreConfig {
             return Err(ConfigError {
                 key: "retention_check_interval",
                 message: "must be at least 10 ms".into(),
+            });
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.reopen_backoff) {
+            return Err(ConfigError {
+                key: "reopen_backoff",
+                message: "must be between 1 ms and 60 s".into(),
             });
         }
         Ok(())

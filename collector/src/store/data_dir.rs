@@ -86,7 +86,8 @@ pub(super) fn open(env: &StoreEnv) -> Result<Opened, StoreError> {
         for s in &meta.shards {
             let dir = env.shard_dir(meta.id, s.index);
             let end = s.closed.map(|c| c.end_offset);
-            let shared = Arc::new(ShardShared::open(&meta.name, dir, s.index, end, None)?);
+            let shared =
+                Arc::new(ShardShared::open(&meta.name, dir, s.index, end, None, env.io())?);
             let writer = if s.is_open() { Some(env.start_writer(shared.clone())?) } else { None };
             let closed = s.closed.map(|c| (c.end_offset, children_of(meta, s.index)));
             shards.insert(s.index, Arc::new(ShardHandle::new(shared, writer, closed)));

@@ -10,22 +10,42 @@ use super::catalog::{Catalog, shard_dir};
 use super::clock::Clock;
 use super::config::StoreConfig;
 use super::error::StoreError;
+use super::file_io::FileIo;
+use super::health::FailedShards;
 use super::producer::ProducerTable;
 use super::shard::ShardShared;
 use super::stream::ShardHandle;
 use super::writer::Writer;
 
-/// The data directory, the configuration and the clock of one store.
+/// The data directory, the configuration, the clock, the file layer and the
+/// failed-shard registry of one store.
 #[derive(Debug)]
 pub(super) struct StoreEnv {
     root: PathBuf,
     config: StoreConfig,
     clock: Arc<dyn Clock>,
+    io: Arc<dyn FileIo>,
+    failed: Arc<FailedShards>,
 }
 
 impl StoreEnv {
-    pub(super) fn new(root: PathBuf, config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { root, config, clock }
+    pub(super) fn new(
+        root: PathBuf,
+        config: StoreConfig,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn FileIo>,
+    ) -> Self {
+        Self { root, config, clock, io, failed: Arc::new(FailedShards::default()) }
+    }
+
+    /// The file layer segment files are written through.
+    pub(super) fn io(&self) -> Arc<dyn FileIo> {
+        self.io.clone()
+    }
+
+    /// The shards failed right now.
+    pub(super) fn failed_shards(&self) -> &FailedShards {
+        &self.failed
     }
 
     /// The data directory.
@@ -48,7 +68,7 @@ impl StoreEnv {
 
     /// Starts the writer thread of an open shard.
     pub(super) fn start_writer(&self, shared: Arc<ShardShared>) -> Result<Writer, StoreError> {
-        Writer::start(shared, self.config.clone(), self.clock.clone())
+        Writer::start(shared, self.config.clone(), self.clock.clone(), self.failed.clone())
     }
 
     /// Replaces the catalog with `next` after saving it.
@@ -79,9 +99,12 @@ impl StoreEnv {
             let dir = self.shard_dir(stream_id, index);
             let name = stream_name.to_owned();
             let seed = seed.clone();
+            let io = self.io.clone();
             let shared = Arc::new(
-                blocking(move || Ok(ShardShared::open(&name, dir, index, None, seed.as_ref())?))
-                    .await?,
+                blocking(move || {
+                    Ok(ShardShared::open(&name, dir, index, None, seed.as_ref(), io)?)
+                })
+                .await?,
             );
             let writer = self.start_writer(shared.clone())?;
             out.push(Arc::new(ShardHandle::new(shared, Some(writer), None)));

@@ -6,6 +6,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::file_io::is_out_of_space;
+
 /// What went wrong in a store operation.
 ///
 /// Cloneable (sources are shared) because one failed group commit fails every
@@ -72,9 +74,14 @@ pub enum StoreError {
         /// The check that failed.
         reason: &'static str,
     },
-    /// The shard's writer hit an I/O error and refuses writes until restart,
-    /// when recovery decides what of the unsynced tail is intact.
-    #[error("shard {shard} of stream {stream:?} stopped after a write failure: {reason}")]
+    /// The shard's writer hit an I/O error (a failed `fsync`, or a write error
+    /// other than a full disk) and refuses writes until it has reopened the
+    /// shard from its files, after a back-off; recovery then decides what of
+    /// the unsynced tail is intact.
+    #[error(
+        "shard {shard} of stream {stream:?} failed and refuses writes until it is reopened from \
+         its files: {reason}"
+    )]
     ShardFailed {
         /// The stream.
         stream: String,
@@ -108,6 +115,21 @@ pub enum StoreError {
         free: u64,
         /// The reserve.
         reserve: u64,
+    },
+    /// Writing to the shard ran out of space part way (the reserve was not
+    /// enough): what this append wrote was cut off again, nothing of it is
+    /// kept, and the shard takes appends again once there is room.
+    #[error(
+        "the data directory's disk is full: writing shard {shard} of stream {stream:?} failed \
+         ({reason}); nothing of this append was kept, retry once space is freed"
+    )]
+    OutOfSpace {
+        /// The stream.
+        stream: String,
+        /// The shard.
+        shard: String,
+        /// The failed write.
+        reason: String,
     },
     /// The store is shutting down.
     #[error("store is shutting down")]
@@ -174,4 +196,24 @@ impl SegmentError {
     pub(super) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         Self::Io { op, path: path.to_path_buf(), source }
     }
+
+    /// A failed `fsync`/`fdatasync` of `path`.
+    pub(super) fn sync(path: &Path, source: io::Error) -> Self {
+        Self::io(SYNC_OP, path, source)
+    }
+
+    /// Whether this is a failed `fsync` (after which the page cache's state is
+    /// unknown: the fail-stop rule applies).
+    pub fn is_sync_failure(&self) -> bool {
+        matches!(self, Self::Io { op: SYNC_OP, .. })
+    }
+
+    /// Whether the filesystem had no room (the write can be undone and tried
+    /// again once space is back).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, Self::Io { op, source, .. } if *op != SYNC_OP && is_out_of_space(source))
+    }
 }
+
+/// The `op` of a failed sync.
+const SYNC_OP: &str = "fsync";

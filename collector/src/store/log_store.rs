@@ -35,6 +35,7 @@ use super::config::StoreConfig;
 use super::data_dir;
 use super::env::{StoreEnv, blocking, remove_dir_if_exists};
 use super::error::StoreError;
+use super::file_io::{FileIo, OsFileIo};
 use super::producer::ProducerBatch;
 use super::reshard;
 use super::retention::{self, RetentionReport};
@@ -125,10 +126,24 @@ impl LogStore {
         config: StoreConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
+        Self::open_with(root, config, clock, Arc::new(OsFileIo)).await
+    }
+
+    /// Opens the store with an injected clock and file layer (tests inject
+    /// write and fsync faults through [`FaultyFileIo`](super::FaultyFileIo)).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub async fn open_with(
+        root: impl Into<PathBuf>,
+        config: StoreConfig,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn FileIo>,
+    ) -> Result<Self, StoreError> {
         config.validate().map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
         let every = config.retention_check_interval;
         let min_free_bytes = config.min_free_bytes;
-        let env = StoreEnv::new(root.into(), config, clock);
+        let env = StoreEnv::new(root.into(), config, clock, io);
         let (env, opened) = blocking(move || {
             let opened = data_dir::open(&env)?;
             Ok((env, opened))
@@ -253,7 +268,12 @@ pub(super) fn settings_of(meta: &StreamMeta) -> StreamSettings {
 
 impl StreamStore for LogStore {
     fn degraded(&self) -> Option<String> {
-        self.inner.space.check().err().map(|e| e.to_string())
+        let space = self.inner.space.check().err().map(|e| e.to_string());
+        let failed = self.inner.env.failed_shards().describe();
+        match (space, failed) {
+            (Some(s), Some(f)) => Some(format!("{s}; {f}")),
+            (s, f) => s.or(f),
+        }
     }
 
     async fn create_stream_with(

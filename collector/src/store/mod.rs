@@ -20,8 +20,32 @@
 //! ```
 //!
 //! Beside them: `catalog` (metadata, `catalog.json`), `producer` (idempotent
-//! producers and their snapshots), `throttle` (write limits), `sequence`,
-//! `config`, `clock` and `error`. Files are replaced atomically through
+//! producers and their snapshots), `throttle` (write limits), `space` (the
+//! free-space reserve), `health` (failed shards), `file_io` (the file layer
+//! segment writes and syncs go through, where tests inject faults),
+//! `sequence`, `config`, `clock` and `error`.
+//!
+//! # Full disks and failing disks
+//!
+//! - **Below the reserve** (`[store] min_free_bytes`): appends are refused
+//!   before anything is written ([`StoreError::DiskFull`]); `/health` is
+//!   degraded; appends resume by themselves once space is back.
+//! - **Out of space in the middle of a write** (the reserve was not enough):
+//!   the shard cuts its log and index back to its last whole batch, refuses
+//!   that append ([`StoreError::OutOfSpace`]), and stays open, so it takes
+//!   appends again as soon as there is room, without a restart. Nothing
+//!   acknowledged is touched.
+//! - **A failed `fsync`** (or another write error): fail-stop. A failed
+//!   `fsync` cannot be retried safely (PostgreSQL's lesson: the kernel may
+//!   have dropped the dirty pages and marked them clean), so the shard is
+//!   marked failed ([`StoreError::ShardFailed`] to every append, `/health`
+//!   degraded, `weir_store_failed_shards`), and after a back-off
+//!   (`reopen_backoff`, doubling up to a minute) its writer reopens it from
+//!   its files, running recovery as at start-up, and it takes writes again.
+//!   The failed append was never acknowledged; recovery may or may not find
+//!   its records.
+//!
+//! The `writer` header has the details. Files are replaced atomically through
 //! [`weir_wire::durable_file`]. The modules that only the store's own parts
 //! use are private.
 
@@ -32,6 +56,8 @@ pub mod config;
 mod data_dir;
 mod env;
 pub mod error;
+pub mod file_io;
+mod health;
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
 pub mod log_store;
@@ -58,6 +84,7 @@ pub use catalog::{StreamMode, StreamStatus};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FsyncPolicy, StoreConfig};
 pub use error::StoreError;
+pub use file_io::{FaultyFileIo, FileIo, OsFileIo};
 pub use log_store::LogStore;
 pub use producer::ProducerBatch;
 pub use retention::RetentionReport;

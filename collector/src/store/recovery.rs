@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::file_io::FileIo;
 use super::producer::{self, ProducerTable};
 use super::segment::{self, IndexEntry, SegmentError};
 use super::segment_file::Segment;
@@ -41,8 +42,9 @@ pub(super) fn recover_sealed(
     dir: &Path,
     base: u64,
     end_offset: u64,
+    io: Arc<dyn FileIo>,
 ) -> Result<Segment, SegmentError> {
-    let seg = Segment::open(dir, base, false)?;
+    let seg = Segment::open(dir, base, false, io)?;
     let log_len = seg.log_file_len()?;
     let entries = match seg.read_index()? {
         Some(entries)
@@ -72,8 +74,12 @@ pub(super) fn recover_sealed(
 
 /// Opens the last segment of a shard: completes its index from the log and
 /// cuts a torn tail.
-pub(super) fn recover_last(dir: &Path, base: u64) -> Result<Segment, SegmentError> {
-    let seg = Segment::open(dir, base, true)?;
+pub(super) fn recover_last(
+    dir: &Path,
+    base: u64,
+    io: Arc<dyn FileIo>,
+) -> Result<Segment, SegmentError> {
+    let seg = Segment::open(dir, base, true, io)?;
     let log_len = seg.log_file_len()?;
     let mut entries = seg.read_index()?.unwrap_or_default();
     // Keep index entries up to the last one that points at an intact batch.

@@ -15,11 +15,13 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use weir_wire::durable_file;
 
+use super::file_io::FileIo;
 use super::producer;
 use super::segment::{
     self, BATCH_HEADER_BYTES, BATCH_MAGIC, BatchHeader, INDEX_ENTRY_BYTES, IndexEntry, SegmentError,
@@ -37,6 +39,8 @@ pub(super) struct Segment {
     producers_path: PathBuf,
     log: File,
     index: File,
+    /// Writes and syncs go through here (faults are injected in tests).
+    io: Arc<dyn FileIo>,
     /// Bytes of the log readers may read.
     visible_len: AtomicU64,
     /// Index entries readers may read.
@@ -49,8 +53,14 @@ pub(super) struct Segment {
 
 impl Segment {
     /// Opens the segment of `dir` starting at offset `base` (creating its log
-    /// if `create`, its index always), with nothing visible yet.
-    pub(super) fn open(dir: &Path, base: u64, create: bool) -> Result<Self, SegmentError> {
+    /// if `create`, its index always), with nothing visible yet; writes and
+    /// syncs go through `io`.
+    pub(super) fn open(
+        dir: &Path,
+        base: u64,
+        create: bool,
+        io: Arc<dyn FileIo>,
+    ) -> Result<Self, SegmentError> {
         let log_path = segment::log_path(dir, base);
         let index_path = segment::index_path(dir, base);
         let log = open_rw(&log_path, create)?;
@@ -62,6 +72,7 @@ impl Segment {
             producers_path: producer::snapshot_path(dir, base),
             log,
             index,
+            io,
             visible_len: AtomicU64::new(0),
             visible_entries: AtomicU64::new(0),
             end_offset: AtomicU64::new(base),
@@ -121,22 +132,41 @@ impl Segment {
         entry_no: u64,
         entry: IndexEntry,
     ) -> Result<(), SegmentError> {
-        self.log
-            .write_all_at(batch, position)
+        self.io
+            .write_all_at(&self.log, &self.log_path, batch, position)
             .map_err(|e| SegmentError::io("write", &self.log_path, e))?;
-        self.index
-            .write_all_at(&entry.to_bytes(), entry_no * INDEX_ENTRY_BYTES as u64)
+        self.io
+            .write_all_at(
+                &self.index,
+                &self.index_path,
+                &entry.to_bytes(),
+                entry_no * INDEX_ENTRY_BYTES as u64,
+            )
             .map_err(|e| SegmentError::io("write", &self.index_path, e))
+    }
+
+    /// Cuts the log back to `len` bytes and the index to `entries` entries,
+    /// undoing a write that failed part way (out of space). Not synced: if
+    /// the cut is lost in a crash, recovery cuts the same torn tail.
+    pub(super) fn cut_back(&self, len: u64, entries: u64) -> Result<(), SegmentError> {
+        self.log.set_len(len).map_err(|e| SegmentError::io("truncate", &self.log_path, e))?;
+        self.index
+            .set_len(entries * INDEX_ENTRY_BYTES as u64)
+            .map_err(|e| SegmentError::io("truncate", &self.index_path, e))
     }
 
     /// fdatasyncs the log.
     pub(super) fn sync_log(&self) -> Result<(), SegmentError> {
-        sync_file(&self.log, &self.log_path)
+        self.io
+            .sync_data(&self.log, &self.log_path)
+            .map_err(|e| SegmentError::sync(&self.log_path, e))
     }
 
     /// fdatasyncs the index.
     pub(super) fn sync_index(&self) -> Result<(), SegmentError> {
-        sync_file(&self.index, &self.index_path)
+        self.io
+            .sync_data(&self.index, &self.index_path)
+            .map_err(|e| SegmentError::sync(&self.index_path, e))
     }
 
     /// The log's length on disk (published or not).
@@ -175,7 +205,7 @@ impl Segment {
         }
         let io = |op| move |e| SegmentError::io(op, &self.index_path, e);
         self.index.set_len(0).map_err(io("truncate"))?;
-        self.index.write_all_at(&bytes, 0).map_err(io("write"))?;
+        self.io.write_all_at(&self.index, &self.index_path, &bytes, 0).map_err(io("write"))?;
         self.sync_index()
     }
 
@@ -280,15 +310,11 @@ impl Segment {
 /// fsyncs a shard directory so that segment files created, renamed or
 /// deleted in it stay so.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SegmentError> {
-    durable_file::sync_dir(dir).map_err(|e| SegmentError::io("fsync directory", dir, e))
+    durable_file::sync_dir(dir).map_err(|e| SegmentError::sync(dir, e))
 }
 
 fn file_len(f: &File, path: &Path) -> Result<u64, SegmentError> {
     Ok(f.metadata().map_err(|e| SegmentError::io("stat", path, e))?.len())
-}
-
-fn sync_file(f: &File, path: &Path) -> Result<(), SegmentError> {
-    f.sync_data().map_err(|e| SegmentError::io("fsync", path, e))
 }
 
 /// What a scan of a log found.

@@ -16,12 +16,13 @@
 //! retention while a reader holds it stays readable through its open file
 //! handle.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::backend::{ReadLimits, StoredRecord};
 use super::error::StoreError;
+use super::file_io::FileIo;
 use super::producer::{self, ProducerTable};
 use super::recovery::{recover_last, recover_producers, recover_sealed};
 use super::segment::{self, RecordOut, SegmentError};
@@ -49,6 +50,8 @@ pub(super) struct ShardShared {
     pub index: u64,
     pub id: String,
     pub dir: PathBuf,
+    /// The file layer the shard's segments write and sync through.
+    pub io: Arc<dyn FileIo>,
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Offset after the last published record.
     next_offset: AtomicU64,
@@ -282,6 +285,7 @@ impl ShardShared {
         index: u64,
         closed_end: Option<u64>,
         seed: Option<&ProducerTable>,
+        io: Arc<dyn FileIo>,
     ) -> Result<Self, SegmentError> {
         std::fs::create_dir_all(&dir).map_err(|e| SegmentError::io("create directory", &dir, e))?;
         if let Some(seed) = seed
@@ -289,23 +293,7 @@ impl ShardShared {
         {
             producer::write_snapshot(&dir, 0, seed)?;
         }
-        let bases = segment::list_segments(&dir)?;
-        let mut segments = Vec::with_capacity(bases.len());
-        for (i, &base) in bases.iter().enumerate() {
-            let seg = match bases.get(i + 1) {
-                Some(&next) => recover_sealed(&dir, base, next)?,
-                None => recover_last(&dir, base)?,
-            };
-            segments.push(Arc::new(seg));
-        }
-        let next_offset = match segments.last() {
-            Some(s) => s.end_offset(),
-            None => closed_end.unwrap_or(0),
-        };
-        if segments.is_empty() && closed_end.is_none() {
-            segments.push(Arc::new(Segment::open(&dir, 0, true)?));
-            sync_dir(&dir)?;
-        }
+        let (segments, next_offset) = load_segments(&dir, closed_end, &io)?;
         let producers = match closed_end {
             Some(_) => ProducerTable::new(),
             None => recover_producers(&dir, &segments)?,
@@ -315,10 +303,30 @@ impl ShardShared {
             index,
             id: shard_id(index),
             dir,
+            io,
             segments: RwLock::new(segments),
             next_offset: AtomicU64::new(next_offset),
             producers_at_open: Mutex::new(producers),
         })
+    }
+
+    /// Reopens an open shard from its files after its writer failed: drops
+    /// every segment handle, runs recovery again (as at start-up) and
+    /// publishes what it found. Returns the recovered producer table for the
+    /// writer. Readers holding old handles finish on them.
+    pub(super) fn reopen(&self) -> Result<ProducerTable, SegmentError> {
+        let (segments, next_offset) = load_segments(&self.dir, None, &self.io)?;
+        let producers = recover_producers(&self.dir, &segments)?;
+        let published = self.next_offset();
+        if next_offset < published {
+            // Only possible when acknowledged records were not yet synced
+            // (`interval`/`never` fsync) or the disk lost data.
+            tracing::error!(stream = %self.stream, shard = %self.id, recovered = next_offset,
+                published, "reopened shard ends before records readers saw: they were lost");
+        }
+        *self.write_segments() = segments;
+        self.publish_next_offset(next_offset);
+        Ok(producers)
     }
 
     /// Deletes segments whose newest record arrived before `cutoff_ms`, oldest
@@ -371,6 +379,34 @@ impl ShardShared {
     pub fn is_drained(&self) -> bool {
         self.read_segments().iter().all(|s| s.is_empty())
     }
+}
+
+/// Opens and recovers a shard directory's segments (sealed ones trusted, the
+/// last one checked); an open shard without segments gets an empty one.
+/// Returns them with the shard's next offset.
+fn load_segments(
+    dir: &Path,
+    closed_end: Option<u64>,
+    io: &Arc<dyn FileIo>,
+) -> Result<(Vec<Arc<Segment>>, u64), SegmentError> {
+    let bases = segment::list_segments(dir)?;
+    let mut segments = Vec::with_capacity(bases.len());
+    for (i, &base) in bases.iter().enumerate() {
+        let seg = match bases.get(i + 1) {
+            Some(&next) => recover_sealed(dir, base, next, io.clone())?,
+            None => recover_last(dir, base, io.clone())?,
+        };
+        segments.push(Arc::new(seg));
+    }
+    let next_offset = match segments.last() {
+        Some(s) => s.end_offset(),
+        None => closed_end.unwrap_or(0),
+    };
+    if segments.is_empty() && closed_end.is_none() {
+        segments.push(Arc::new(Segment::open(dir, 0, true, io.clone())?));
+        sync_dir(dir)?;
+    }
+    Ok((segments, next_offset))
 }
 
 /// Records reserved up front for one read.

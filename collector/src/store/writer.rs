@@ -10,25 +10,48 @@
 //! share one sync. Requests are written in the order they were queued, so the
 //! records of one appender keep their order.
 //!
-//! If a write or a sync fails, the shard stops taking writes (every waiting and
-//! later appender gets [`StoreError::ShardFailed`]): after a failed `fsync` the
-//! state of the page cache is unknown, and only recovery at the next start
-//! decides what of the tail is intact.
+//! # When a write or a sync fails
+//!
+//! - **Out of space** (`ENOSPC`, a quota, a file size limit, while writing a
+//!   batch, its index entry or a roll's producer snapshot): the shard cuts its
+//!   log and index back to the last whole batch (the lengths it had before
+//!   this group), answers the group [`StoreError::OutOfSpace`], and stays
+//!   open: the next group is written at the same place once there is room.
+//!   Nothing acknowledged is touched, and a cut that a crash undoes is a torn
+//!   tail that recovery cuts again.
+//! - **A failed `fsync`** (or any other write error) is fail-stop, the lesson
+//!   PostgreSQL learned: after a failed `fsync` the kernel may have dropped
+//!   the dirty pages and marked them clean, so trying the `fsync` again and
+//!   believing its success is not safe. The group is answered
+//!   [`StoreError::ShardFailed`], so is every later append, and the shard is
+//!   reported failed (`FailedShards`: `/health` degraded, the
+//!   `weir_store_failed_shards` gauge). After a back-off
+//!   (`StoreConfig::reopen_backoff`, doubling up to [`MAX_REOPEN_BACKOFF`]),
+//!   the writer reopens the shard from its files: every segment handle is
+//!   dropped, recovery runs again exactly as at start-up (what the files hold
+//!   is the truth, not what the page cache or this thread remembered), and
+//!   the shard takes writes again. Records of the failed group may or may not
+//!   be found by that recovery: they were never acknowledged, so a producer
+//!   that retries them may see them twice (once with an idempotent producer
+//!   tag, which recovery also restores).
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use weir_wire::backoff::Backoff;
 
 use super::backend::NewRecord;
 use super::clock::Clock;
 use super::config::{FsyncPolicy, StoreConfig};
 use super::error::StoreError;
+use super::health::FailedShards;
 use super::producer::{self, ProducerBatch, ProducerTable};
 use super::segment::{self, IndexEntry, ProducerTag};
 use super::segment_file::{Segment, sync_dir};
 use super::shard::ShardShared;
+use crate::log_limit::LogLimit;
 
 /// Appends that may wait in one shard's queue; more appenders wait for a permit
 /// (backpressure). Large enough that a few hundred concurrent producers per
@@ -40,6 +63,11 @@ pub const MAX_GROUP_BYTES: usize = segment::MAX_BATCH_BYTES / 2;
 /// Most record bytes one append request may carry (5 MiB of PutRecords or a
 /// wire batch, plus per-record framing).
 pub const MAX_APPEND_BYTES: usize = 6 * 1024 * 1024;
+/// Longest wait between two attempts to reopen a failed shard.
+pub const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Refusals for a full disk: one log line per shard per interval.
+static OUT_OF_SPACE: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
 
 /// What an appender gets back.
 #[derive(Debug)]
@@ -114,10 +142,11 @@ impl Writer {
         shard: Arc<ShardShared>,
         config: StoreConfig,
         clock: Arc<dyn Clock>,
+        failed_shards: Arc<FailedShards>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let name = format!("weir-writer-{}", shard.index);
-        let state = WriterState::new(shard, config, clock)?;
+        let state = WriterState::new(shard, config, clock, failed_shards)?;
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || state.run(rx))
@@ -189,9 +218,52 @@ struct WriterState {
     dirty: bool,
     last_sync: Instant,
     buf: Vec<u8>,
+    /// Set while the shard is failed (fail-stop): what every append gets.
     failed: Option<StoreError>,
+    /// When to try reopening the failed shard next.
+    reopen_at: Option<Instant>,
+    /// Back-off between reopen attempts.
+    reopen_backoff: Backoff,
+    /// Where the failure is reported.
+    failed_shards: Arc<FailedShards>,
     /// Highest batch sequence number appended per idempotent producer.
     producers: ProducerTable,
+}
+
+/// Where a writer resumes in its shard's active segment.
+struct ActivePosition {
+    active: Arc<Segment>,
+    len: u64,
+    entries: u64,
+    next_offset: u64,
+    last_arrival_ms: u64,
+    first_arrival_ms: Option<u64>,
+}
+
+impl ActivePosition {
+    fn of(shard: &ShardShared) -> Result<Self, StoreError> {
+        let active = shard.active_segment().ok_or_else(|| {
+            StoreError::InvalidArgument(format!("shard {} has no segment to write", shard.id))
+        })?;
+        let entries = active.visible_entries();
+        let first_arrival_ms = if entries > 0 { Some(active.entry(0)?.arrival_ms) } else { None };
+        Ok(Self {
+            len: active.visible_len(),
+            entries,
+            next_offset: active.end_offset(),
+            last_arrival_ms: active.last_arrival_ms(),
+            first_arrival_ms,
+            active,
+        })
+    }
+}
+
+impl Drop for WriterState {
+    fn drop(&mut self) {
+        if self.failed.is_some() {
+            self.failed_shards.cleared(&self.shard.stream, &self.shard.id);
+        }
+    }
 }
 
 impl WriterState {
@@ -199,21 +271,19 @@ impl WriterState {
         shard: Arc<ShardShared>,
         config: StoreConfig,
         clock: Arc<dyn Clock>,
+        failed_shards: Arc<FailedShards>,
     ) -> Result<Self, StoreError> {
-        let active = shard.active_segment().ok_or_else(|| {
-            StoreError::InvalidArgument(format!("shard {} has no segment to write", shard.id))
-        })?;
-        let entries = active.visible_entries();
-        let first_arrival_ms = if entries > 0 { Some(active.entry(0)?.arrival_ms) } else { None };
+        let at = ActivePosition::of(&shard)?;
         let producers = shard.take_producers();
+        let reopen_backoff = Backoff::new(config.reopen_backoff, MAX_REOPEN_BACKOFF);
         Ok(Self {
             producers,
-            len: active.visible_len(),
-            entries,
-            next_offset: active.end_offset(),
-            last_arrival_ms: active.last_arrival_ms(),
-            first_arrival_ms,
-            active,
+            len: at.len,
+            entries: at.entries,
+            next_offset: at.next_offset,
+            last_arrival_ms: at.last_arrival_ms,
+            first_arrival_ms: at.first_arrival_ms,
+            active: at.active,
             shard,
             config,
             clock,
@@ -221,6 +291,9 @@ impl WriterState {
             last_sync: Instant::now(),
             buf: Vec::new(),
             failed: None,
+            reopen_at: None,
+            reopen_backoff,
+            failed_shards,
         })
     }
 
@@ -280,36 +353,113 @@ impl WriterState {
         }
     }
 
-    /// Waits for a request; under `interval:` fsync, wakes up to sync when due.
+    /// Waits for a request; wakes up to sync when due under `interval:` fsync,
+    /// and to reopen the shard when it is failed and its back-off is over.
     fn next_request(&mut self, rx: &mpsc::Receiver<Request>) -> Option<Request> {
         loop {
-            match self.config.fsync {
-                FsyncPolicy::Interval(every) if self.dirty => {
-                    let wait = every.saturating_sub(self.last_sync.elapsed());
-                    match rx.recv_timeout(wait) {
-                        Ok(r) => return Some(r),
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.sync_if_dirty() {
-                                self.fail(&e);
-                            }
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            let wake = match (self.reopen_at, self.config.fsync) {
+                (Some(at), _) => Some(at.saturating_duration_since(Instant::now())),
+                (None, FsyncPolicy::Interval(every)) if self.dirty => {
+                    Some(every.saturating_sub(self.last_sync.elapsed()))
+                }
+                _ => None,
+            };
+            let Some(wait) = wake else { return rx.recv().ok() };
+            match rx.recv_timeout(wait) {
+                Ok(r) => return Some(r),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.reopen_due() {
+                        self.reopen();
+                    } else if let Err(e) = self.sync_if_dirty() {
+                        self.fail(&e);
                     }
                 }
-                _ => return rx.recv().ok(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
     }
 
+    /// Fail-stop: the shard refuses writes until [`reopen`](Self::reopen)
+    /// succeeds, after a back-off.
     fn fail(&mut self, e: &StoreError) {
+        let retry_in = self.reopen_backoff.next_ceiling();
         tracing::error!(stream = %self.shard.stream, shard = %self.shard.id, error = %e,
-            "shard write failed; the shard takes no more writes until restart");
+            retry_in_ms = retry_in.as_millis() as u64,
+            "shard write failed; the shard refuses writes until it is reopened from its files");
         self.dirty = false;
+        let reason = e.to_string();
+        self.failed_shards.failed(&self.shard.stream, &self.shard.id, &reason);
         self.failed = Some(StoreError::ShardFailed {
             stream: self.shard.stream.clone(),
             shard: self.shard.id.clone(),
-            reason: e.to_string(),
+            reason,
         });
+        self.reopen_at = Some(Instant::now() + retry_in);
+    }
+
+    fn reopen_due(&self) -> bool {
+        self.reopen_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Reopens a failed shard from its files (recovery, as at start-up) and
+    /// resumes writing where recovery ends; on failure, tries again after a
+    /// longer back-off.
+    fn reopen(&mut self) {
+        self.reopen_at = None;
+        let reopened = self
+            .shard
+            .reopen()
+            .map_err(StoreError::from)
+            .and_then(|producers| Ok((producers, ActivePosition::of(&self.shard)?)));
+        match reopened {
+            Ok((producers, at)) => {
+                let attempts = self.reopen_backoff.failures();
+                self.reopen_backoff.reset();
+                self.producers = producers;
+                self.active = at.active;
+                self.len = at.len;
+                self.entries = at.entries;
+                self.next_offset = at.next_offset;
+                // Arrival times stay monotonic even if recovery ends earlier.
+                self.last_arrival_ms = self.last_arrival_ms.max(at.last_arrival_ms);
+                self.first_arrival_ms = at.first_arrival_ms;
+                self.dirty = false;
+                self.failed = None;
+                self.failed_shards.cleared(&self.shard.stream, &self.shard.id);
+                metrics::counter!("weir_store_shard_reopens_total").increment(1);
+                tracing::info!(stream = %self.shard.stream, shard = %self.shard.id,
+                    next_offset = self.next_offset, attempts,
+                    "failed shard reopened from its files; it takes writes again");
+            }
+            Err(e) => {
+                let retry_in = self.reopen_backoff.next_ceiling();
+                tracing::error!(stream = %self.shard.stream, shard = %self.shard.id, error = %e,
+                    retry_in_ms = retry_in.as_millis() as u64, "reopening the failed shard failed");
+                self.reopen_at = Some(Instant::now() + retry_in);
+            }
+        }
+    }
+
+    /// A write that found no room: logged once per shard per interval.
+    fn log_out_of_space(&self, e: &StoreError) {
+        metrics::counter!("weir_store_out_of_space_total").increment(1);
+        let key = format!("{}/{}", self.shard.stream, self.shard.id);
+        if let Some(count) = OUT_OF_SPACE.hit(&key, 1, Instant::now()) {
+            tracing::warn!(stream = %self.shard.stream, shard = %self.shard.id, error = %e,
+                refused_groups = count, "disk full: appends refused, the shard resumes once there is room");
+        }
+    }
+
+    /// Turns an out-of-space storage error into [`StoreError::OutOfSpace`].
+    fn out_of_space(&self, e: StoreError) -> StoreError {
+        match &e {
+            StoreError::Segment(s) if s.is_out_of_space() => StoreError::OutOfSpace {
+                stream: self.shard.stream.clone(),
+                shard: self.shard.id.clone(),
+                reason: s.to_string(),
+            },
+            _ => e,
+        }
     }
 
     fn commit(&mut self, group: Vec<Request>) {
@@ -330,12 +480,16 @@ impl WriterState {
                 _ => false,
             })
             .collect();
+        if self.reopen_due() {
+            self.reopen();
+        }
         let result = match &self.failed {
             Some(e) => Err(e.clone()),
-            None => self.write_group(&group, &duplicate),
+            None => self.write_group(&group, &duplicate).map_err(|e| self.out_of_space(e)),
         };
         match &result {
             Ok(_) => producer::merge(&mut self.producers, &accepted),
+            Err(e @ StoreError::OutOfSpace { .. }) => self.log_out_of_space(e),
             Err(e) if self.failed.is_none() => self.fail(e),
             Err(_) => {}
         }
@@ -402,7 +556,14 @@ impl WriterState {
             position: self.len as u32,
             arrival_ms,
         };
-        self.active.append(self.len, &self.buf, self.entries, entry)?;
+        if let Err(e) = self.active.append(self.len, &self.buf, self.entries, entry) {
+            if e.is_out_of_space() {
+                // Undo what part of the batch and index entry got written, so
+                // the next group starts at a batch boundary.
+                self.active.cut_back(self.len, self.entries)?;
+            }
+            return Err(e.into());
+        }
         self.len += self.buf.len() as u64;
         self.entries += 1;
         self.next_offset += records.len() as u64;
@@ -455,7 +616,12 @@ impl WriterState {
         // The snapshot first: a segment never exists without the table that
         // stood before its first record.
         producer::write_snapshot(&self.shard.dir, self.next_offset, &self.producers)?;
-        let seg = Arc::new(Segment::open(&self.shard.dir, self.next_offset, true)?);
+        let seg = Arc::new(Segment::open(
+            &self.shard.dir,
+            self.next_offset,
+            true,
+            self.shard.io.clone(),
+        )?);
         sync_dir(&self.shard.dir)?;
         self.shard.push_segment(seg.clone());
         tracing::debug!(stream = %self.shard.stream, shard = %self.shard.id, base = self.next_offset, "rolled segment");

@@ -201,7 +201,8 @@ fn reason_for(e: &RecordError) -> (Reason, Option<String>) {
         StoreError::InvalidRecord(_) => Reason::PayloadFormatInvalid,
         StoreError::ThroughputExceeded { .. }
         | StoreError::LimitExceeded(_)
-        | StoreError::DiskFull { .. } => Reason::QuotaExceeded,
+        | StoreError::DiskFull { .. }
+        | StoreError::OutOfSpace { .. } => Reason::QuotaExceeded,
         StoreError::StreamNotActive { .. } => Reason::ImplementationSpecificError,
         _ => Reason::UnspecifiedError,
     };
