@@ -42,6 +42,8 @@
 //! retry_duration_secs = 300   # 0..=7200: then the batch goes to the error output
 //! backup_directory = "/var/lib/weir/failed" # error output here instead (default:
 //!                             # the destination; for http: `directory`)
+//! # min_free_bytes = 16777216  # a directory's free-space reserve: below, delivery
+//!                             # pauses [default: min(16 MiB, 1% of the disk)]
 //!
 //! [firehose.partition_keys]   # dynamic partitioning: name = JSON pointer or dotted path,
 //! device = "device.id"        # used in prefix as !{partitionKeyFromQuery:device}
@@ -185,6 +187,10 @@ pub struct FirehoseSection {
     pub retry_duration_secs: u32,
     /// Error output here instead of the destination.
     pub backup_directory: Option<PathBuf>,
+    /// Free bytes a directory destination (and the backup directory) keeps:
+    /// an object that would leave less pauses delivery (default: the
+    /// smaller of 16 MiB and 1% of the filesystem).
+    pub min_free_bytes: Option<u64>,
     /// Dynamic partitioning keys: name → query.
     pub partition_keys: std::collections::BTreeMap<String, String>,
     /// An S3 destination instead of the directory.
@@ -243,6 +249,7 @@ impl Default for FirehoseSection {
             error_prefix: String::new(),
             retry_duration_secs: crate::firehose::config::DEFAULT_RETRY_DURATION_SECS,
             backup_directory: None,
+            min_free_bytes: None,
             partition_keys: std::collections::BTreeMap::new(),
             s3: None,
             http: None,
@@ -426,6 +433,7 @@ impl Config {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 backup_directory: f.backup_directory.clone(),
+                min_free_bytes: f.min_free_bytes,
                 parquet: f.parquet.clone(),
                 destination: match (&f.s3, &f.http) {
                     (None, None) => DestinationSpec::Directory,

@@ -1,11 +1,14 @@
 //! Rate-limited log lines: at most one line per key (a stream and a cause)
 //! per interval, carrying how many occurrences it stands for, so a fault
 //! that fails every record (a full disk, a lost JetStream quorum) logs a
-//! line every few seconds instead of one per record.
+//! line every few seconds instead of one per record. [`store_fault`] names
+//! the cause of a failed store call, for the key.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::store::StoreError;
 
 /// How often one key may log.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -46,6 +49,30 @@ impl LogLimit {
         }
         keys.insert(key.to_owned(), (now, 0));
         Some(n)
+    }
+}
+
+/// The cause a failed store call is logged under: a short name for each
+/// fault of the collector or its disk, `None` for what the caller did wrong
+/// or may retry at once (no such stream, a bad record, a spent write budget,
+/// shutdown), which is answered but is no fault to log.
+pub fn store_fault(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::StreamNotFound(_)
+        | StoreError::StreamExists(_)
+        | StoreError::StreamNotActive { .. }
+        | StoreError::ShardNotFound { .. }
+        | StoreError::ShardClosed { .. }
+        | StoreError::InvalidArgument(_)
+        | StoreError::InvalidRecord(_)
+        | StoreError::LimitExceeded(_)
+        | StoreError::ThroughputExceeded { .. }
+        | StoreError::ShuttingDown => None,
+        StoreError::DiskFull { .. } | StoreError::OutOfSpace { .. } => Some("disk_full"),
+        StoreError::ShardFailed { .. } => Some("shard_failed"),
+        StoreError::Corrupt { .. } => Some("corrupt"),
+        StoreError::Backend { .. } => Some("backend"),
+        _ => Some("io"),
     }
 }
 

@@ -188,6 +188,7 @@ fn spec(name: &str, directory: &Path) -> DeliverySpec {
         retry_duration_secs: 60,
         partition_keys: Vec::new(),
         backup_directory: None,
+        min_free_bytes: None,
         destination: Default::default(),
         parquet: None,
     }

@@ -38,7 +38,9 @@ pub fn replace_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Writes `<path>.tmp` created with `mode` (before the umask), fsyncs it,
-/// renames it over `path` and fsyncs the directory holding `path`.
+/// renames it over `path` and fsyncs the directory holding `path`. A temp
+/// file whose write or fsync failed is removed: on a full disk it would
+/// otherwise keep the space its partial content took.
 fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
@@ -54,8 +56,13 @@ fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .truncate(true)
         .mode(mode)
         .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        drop(f);
+        // Best effort: the write's error is the one to report.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    drop(f);
     std::fs::rename(&tmp, path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

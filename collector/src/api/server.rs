@@ -5,10 +5,13 @@
 //! their encoding in `Content-Type`. Memory is bounded: a body is read only
 //! after one of [`MAX_IN_FLIGHT_REQUESTS`] permits is taken (later requests
 //! wait: backpressure, not loss), and never past [`MAX_REQUEST_BYTES`].
+//! Failed requests (InternalFailure) log one line per operation and cause
+//! per [`LOG_INTERVAL`](crate::log_limit::LOG_INTERVAL), with their count.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -26,6 +29,7 @@ use super::firehose::{self, FirehoseApi};
 use super::metrics;
 use super::model::ErrorBody;
 use super::service::Api;
+use crate::log_limit::{LogLimit, store_fault};
 use crate::store::StreamStore;
 
 /// Largest request body: 5 MiB of PutRecords data is 6.7 MiB as base64, plus
@@ -163,7 +167,13 @@ async fn kinesis<S: StreamStore + Clone>(
         Err(e) => {
             metrics::request(label, e.kind.name());
             if e.kind == ErrorKind::InternalFailure {
-                tracing::warn!(operation, request_id = %id, error = %e, cause = ?e.source, "request failed");
+                // One line per operation and cause per LOG_INTERVAL: a full
+                // disk fails every PutRecord.
+                static FAILED: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+                let fault = e.source.as_deref().and_then(store_fault).unwrap_or("internal");
+                if let Some(count) = FAILED.hit(&format!("{label}/{fault}"), 1, Instant::now()) {
+                    tracing::warn!(operation, request_id = %id, requests = count, error = %e, cause = ?e.source, "request failed");
+                }
             } else {
                 tracing::debug!(operation, request_id = %id, error = %e, "request refused");
             }

@@ -43,16 +43,35 @@
 //! directories it had to create, up to the root): once
 //! [`Destination::put`] returns `Ok`, the object survives a power cut, and a
 //! reader never sees a partial object under its final name.
+//!
+//! # A full disk
+//!
+//! Before writing, the directory destination reads the free space of the
+//! root's filesystem (`statvfs`) and refuses an object that would leave less
+//! than the reserve free (`[[firehose]] min_free_bytes`, by default
+//! [`DEFAULT_MIN_FREE_BYTES`] or 1% of the filesystem, whichever is
+//! smaller; 0 turns the check off), with [`FirehoseError::DiskFull`]; so
+//! does a write that fails
+//! with ENOSPC or EDQUOT anyway (the reserve was not enough, or another
+//! writer took the space), after its temp file was removed. Nothing under a
+//! final name is touched. The delivery stream pauses on that error (see
+//! `delivery`'s header) and asks [`Destination::has_room`] at each poll, so
+//! it resumes as soon as space is freed.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use super::error::FirehoseError;
+use super::error::{FirehoseError, is_storage_full};
 use crate::store::SequenceNumber;
 use weir_wire::durable_file::{self, sync_dir};
 
 /// Suffix of objects being written.
 pub const TEMP_SUFFIX: &str = durable_file::TEMP_SUFFIX;
+/// The directory destination's default free-space reserve (or 1% of the
+/// filesystem, if that is smaller): room for the firehose's own checkpoint
+/// and for whatever else shares the disk (by default the store's data
+/// directory).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The key of a batch's object (see the module header).
 pub fn object_key(
@@ -139,23 +158,75 @@ pub trait Destination: Send + Sync + 'static {
     fn error_output_type(&self) -> &'static str {
         "delivery-failed"
     }
+
+    /// Whether an object of `bytes` would fit now, after a
+    /// [`FirehoseError::DiskFull`]: asked at every poll while a batch waits
+    /// for its next attempt, so delivery resumes once space is freed rather
+    /// than after the backoff. Destinations without a disk of their own
+    /// answer `false` (they wait for the backoff).
+    fn has_room(&self, bytes: u64) -> impl Future<Output = bool> + Send {
+        let _ = bytes;
+        async { false }
+    }
 }
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
 pub struct DirectoryDestination {
     root: PathBuf,
+    /// The reserve; `None`: the default.
+    min_free_bytes: Option<u64>,
 }
 
 impl DirectoryDestination {
-    /// A destination writing under `root` (created when needed).
+    /// A destination writing under `root` (created when needed), with the
+    /// default free-space reserve.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), min_free_bytes: None }
+    }
+
+    /// With a free-space reserve of `bytes` (`None`: the default; 0: none,
+    /// only ENOSPC stops a write).
+    #[must_use]
+    pub fn with_min_free_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.min_free_bytes = bytes;
+        self
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Free bytes of the root's filesystem and the reserve in force there
+    /// (the root, or its nearest existing ancestor: it is created at the
+    /// first put); `None` when the filesystem cannot be asked.
+    pub fn space(&self) -> Option<(u64, u64)> {
+        let existing = self.root.ancestors().find(|p| p.exists())?;
+        let s = rustix::fs::statvfs(existing).ok()?;
+        let free = s.f_bavail.saturating_mul(s.f_frsize);
+        let total = s.f_blocks.saturating_mul(s.f_frsize);
+        let reserve = self.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES.min(total / 100));
+        Some((free, reserve))
+    }
+
+    /// `Err(DiskFull)` if writing `bytes` would leave less than the reserve
+    /// free. A filesystem that cannot be asked does not block the write, nor
+    /// does a reserve of 0 (then only the write's ENOSPC stops it).
+    fn check_room(&self, path: &Path, bytes: u64) -> Result<(), FirehoseError> {
+        match self.space() {
+            Some((free, reserve)) if reserve > 0 && free < bytes.saturating_add(reserve) => {
+                Err(FirehoseError::DiskFull {
+                    path: path.to_owned(),
+                    needed: bytes,
+                    reason: format!(
+                        "{free} bytes free; an object of {bytes} bytes would leave less than \
+                         the reserve of {reserve} bytes ([[firehose]] min_free_bytes)"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Where `key` lives, if it is a relative path of plain names.
@@ -179,8 +250,21 @@ impl DirectoryDestination {
         Ok(path)
     }
 
-    fn put_blocking(root: &Path, path: &Path, body: &[u8]) -> Result<(), FirehoseError> {
-        let io = |op, p: &Path, source| FirehoseError::Io { op, path: p.to_owned(), source };
+    fn put_blocking(&self, path: &Path, body: &[u8]) -> Result<(), FirehoseError> {
+        let needed = body.len() as u64;
+        self.check_room(path, needed)?;
+        let io = |op, p: &Path, source: std::io::Error| {
+            if is_storage_full(&source) {
+                FirehoseError::DiskFull {
+                    path: p.to_owned(),
+                    needed,
+                    reason: format!("{op}: {source}"),
+                }
+            } else {
+                FirehoseError::Io { op, path: p.to_owned(), source }
+            }
+        };
+        let root = self.root.as_path();
         let dir = path.parent().unwrap_or(root);
         // Create missing directories, then fsync each new one's parent.
         let mut missing = Vec::new();
@@ -198,7 +282,8 @@ impl DirectoryDestination {
                 sync_dir(parent).map_err(|e| io("syncing directory", parent, e))?;
             }
         }
-        // `<name>.tmp` (TEMP_SUFFIX), fsync, rename, fsync the directory.
+        // `<name>.tmp` (TEMP_SUFFIX), fsync, rename, fsync the directory;
+        // a temp file whose write failed is removed.
         durable_file::replace_file(path, body).map_err(|e| io("writing", path, e))
     }
 }
@@ -206,10 +291,16 @@ impl DirectoryDestination {
 impl Destination for DirectoryDestination {
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), FirehoseError> {
         let path = self.path_of(key)?;
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || Self::put_blocking(&root, &path, &body))
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.put_blocking(&path, &body))
             .await
             .map_err(|_| FirehoseError::Cancelled)?
+    }
+
+    async fn has_room(&self, bytes: u64) -> bool {
+        let me = self.clone();
+        let space = tokio::task::spawn_blocking(move || me.space()).await.ok().flatten();
+        space.is_some_and(|(free, reserve)| free >= bytes.saturating_add(reserve))
     }
 }
 
@@ -225,6 +316,23 @@ mod tests {
         assert_ne!(a, request_id("d", "shardId-000000000000", s(1), s(10)));
         let parts: Vec<usize> = a.split('-').map(str::len).collect();
         assert_eq!(parts, [8, 4, 4, 4, 12]);
+    }
+
+    #[tokio::test]
+    async fn an_object_that_would_take_the_disk_below_the_reserve_is_refused_unwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full =
+            DirectoryDestination::new(dir.path().join("out")).with_min_free_bytes(Some(u64::MAX));
+        let e = full.put("a/b", b"x".to_vec()).await.expect_err("below the reserve");
+        assert!(e.is_disk_full(), "{e}");
+        assert!(e.to_string().contains("min_free_bytes"), "{e}");
+        assert!(!dir.path().join("out").exists(), "nothing written, not even a directory");
+        assert!(!full.has_room(0).await);
+
+        let roomy = full.with_min_free_bytes(Some(0));
+        assert!(roomy.has_room(1).await);
+        roomy.put("a/b", b"x".to_vec()).await.expect("with room");
+        assert_eq!(std::fs::read(dir.path().join("out/a/b")).expect("object"), b"x");
     }
 
     #[test]

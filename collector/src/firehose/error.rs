@@ -72,6 +72,21 @@ pub enum FirehoseError {
     /// The source stream failed.
     #[error("source stream: {0}")]
     Store(#[from] StoreError),
+    /// The destination's filesystem has no room for an object: it is below
+    /// the free-space reserve (nothing was written), or a write failed with
+    /// ENOSPC or EDQUOT (the temp file was removed). Delivery pauses: the
+    /// batch is retried without end, never sent to the error output.
+    #[error(
+        "the destination's disk is full: {path}: {reason}; delivery paused until space is freed"
+    )]
+    DiskFull {
+        /// The object (or directory) that did not fit.
+        path: PathBuf,
+        /// Bytes of the object that did not fit.
+        needed: u64,
+        /// Free space and reserve, or the write's error.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -142,4 +157,35 @@ pub enum FirehoseError {
     /// A blocking task was cancelled (runtime shutting down).
     #[error("background task cancelled")]
     Cancelled,
+}
+
+impl FirehoseError {
+    /// Whether this is [`DiskFull`](Self::DiskFull): delivery pauses instead
+    /// of counting towards the retry duration.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::DiskFull { .. })
+    }
+
+    /// A short name of the cause, the key of rate-limited log lines:
+    /// `disk_full` (also a file write that failed with ENOSPC or EDQUOT),
+    /// `destination`, `io`, `source`, `state` or `other`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::DiskFull { .. } => "disk_full",
+            Self::Io { source, .. } if is_storage_full(source) => "disk_full",
+            Self::Io { .. } => "io",
+            Self::Rejected { .. } | Self::InvalidObjectKey(_) | Self::Destination { .. } => {
+                "destination"
+            }
+            Self::Store(_) | Self::StreamReplaced { .. } | Self::RecordsGone { .. } => "source",
+            Self::State(_) | Self::Checkpoint { .. } => "state",
+            _ => "other",
+        }
+    }
+}
+
+/// Whether an I/O error says the filesystem is full (ENOSPC) or the quota
+/// spent (EDQUOT).
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }

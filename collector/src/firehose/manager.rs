@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
+use super::delivery::DeliveryFailure;
 use super::destination::{Batch, Destination, DirectoryDestination};
 use super::error::FirehoseError;
 use super::state::{FileState, FirehoseState, StateError};
@@ -77,6 +78,8 @@ struct Running {
     launched: Instant,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Why it fails to deliver, while it does (its worker's last poll).
+    status: watch::Receiver<Option<DeliveryFailure>>,
 }
 
 impl Running {
@@ -258,7 +261,9 @@ impl<S: StreamStore + Clone> Manager<S> {
             (Some(d), _) => Some(DirectoryDestination::new(d.clone())),
             (None, false) => Some(DirectoryDestination::new(spec.directory.clone())),
             (None, true) => None,
-        };
+        }
+        .map(|d| d.with_min_free_bytes(spec.min_free_bytes));
+        let (status_tx, status) = watch::channel(None);
         let worker = Worker {
             store: self.store.clone(),
             destination,
@@ -266,9 +271,11 @@ impl<S: StreamStore + Clone> Manager<S> {
             config,
             state: self.state.clone(),
             incarnation,
+            status: status_tx,
+            failures: crate::log_limit::LogLimit::new(),
         };
         let task = tokio::spawn(worker.run(stopped));
-        Ok(Running { spec, from_config, incarnation, launched: Instant::now(), stop, task })
+        Ok(Running { spec, from_config, incarnation, launched: Instant::now(), stop, task, status })
     }
 
     /// Creates and starts a delivery stream, and persists it.
@@ -396,6 +403,13 @@ impl<S: StreamStore + Clone> Manager<S> {
         self.streams.lock().await.get(name).map(|r| (r.spec.clone(), r.from_config))
     }
 
+    /// Why a delivery stream fails to deliver, while it does (a full disk:
+    /// paused), as its last poll here saw it; `None` while it delivers, when
+    /// another collector holds its lease, or for an unknown name.
+    pub async fn failure(&self, name: &str) -> Option<DeliveryFailure> {
+        self.streams.lock().await.get(name).and_then(|r| r.status.borrow().clone())
+    }
+
     /// Names of all delivery streams, sorted.
     pub async fn list(&self) -> Vec<(String, Source)> {
         self.streams
@@ -482,9 +496,10 @@ impl AnyDestination {
     /// [`FirehoseError::InvalidDestination`] when its client cannot be built.
     pub fn new(spec: &DeliverySpec) -> Result<Self, FirehoseError> {
         Ok(match &spec.destination {
-            DestinationSpec::Directory => {
-                Self::Directory(DirectoryDestination::new(spec.directory.clone()))
-            }
+            DestinationSpec::Directory => Self::Directory(
+                DirectoryDestination::new(spec.directory.clone())
+                    .with_min_free_bytes(spec.min_free_bytes),
+            ),
             DestinationSpec::S3(s) => Self::S3(super::s3::S3Destination::new(s)?),
             DestinationSpec::Http(h) => Self::Http(super::http::HttpDestination::new(h)?),
         })
@@ -529,6 +544,14 @@ impl Destination for AnyDestination {
             Self::Directory(d) => d.error_output_type(),
             Self::S3(d) => d.error_output_type(),
             Self::Http(d) => d.error_output_type(),
+        }
+    }
+
+    async fn has_room(&self, bytes: u64) -> bool {
+        match self {
+            Self::Directory(d) => d.has_room(bytes).await,
+            Self::S3(d) => d.has_room(bytes).await,
+            Self::Http(d) => d.has_room(bytes).await,
         }
     }
 }

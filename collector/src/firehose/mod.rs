@@ -19,7 +19,8 @@
 //!   into a record, parsed once (partition keys and Parquet columns).
 //! - `delivery`: [`DeliveryStream`], the checkpointed consumer per shard that
 //!   follows resharding and flushes by size or interval; retries with backoff
-//!   for the retry duration, then the error output; the metrics.
+//!   for the retry duration, then the error output; pauses while the
+//!   destination's disk is full ([`DeliveryFailure`]); the metrics.
 //! - `spec`: [`DeliverySpec`], a delivery stream's definition as declared
 //!   and as stored.
 //! - `state`: [`FirehoseState`](state::FirehoseState), where definitions,
@@ -55,8 +56,8 @@ pub use config::{
     DeliveryConfig, MAX_BUFFER_INTERVAL_SECS, MAX_BUFFER_SIZE_MIB, MIN_BUFFER_INTERVAL_SECS,
     MIN_BUFFER_SIZE_MIB, RecordFormat,
 };
-pub use delivery::{DeliveredObject, DeliveryStream, PollReport};
-pub use destination::{Destination, DirectoryDestination, object_key};
+pub use delivery::{DeliveredObject, DeliveryFailure, DeliveryStream, PollReport};
+pub use destination::{DEFAULT_MIN_FREE_BYTES, Destination, DirectoryDestination, object_key};
 pub use error::FirehoseError;
 pub use manager::{
     DeliverySpec, Manager, ManagerError, Source, default_directory, direct_put_stream,

@@ -59,6 +59,11 @@ pub struct DeliverySpec {
     /// Where error output goes instead of the destination.
     #[serde(default)]
     pub backup_directory: Option<PathBuf>,
+    /// The free-space reserve of a directory destination and of the backup
+    /// directory (`None`: the default, see
+    /// [`DEFAULT_MIN_FREE_BYTES`](super::destination::DEFAULT_MIN_FREE_BYTES)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_bytes: Option<u64>,
     /// The destination (default: the directory `directory`).
     #[serde(default)]
     pub destination: DestinationSpec,

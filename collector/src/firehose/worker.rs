@@ -16,6 +16,11 @@
 //! holder from the checkpoint. On shutdown the poll in progress finishes and
 //! the lease is released, so another collector takes over at once.
 //!
+//! After every poll the worker publishes the delivery stream's
+//! [`DeliveryFailure`] (none while it delivers) for DescribeDeliveryStream;
+//! failed polls and opens log one line per cause per
+//! [`LOG_INTERVAL`](crate::log_limit::LOG_INTERVAL), with their count.
+//!
 //! With the file state the lease never expires: one session, as before.
 
 use std::sync::Arc;
@@ -24,11 +29,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::config::DeliveryConfig;
-use super::delivery::DeliveryStream;
+use super::delivery::{DeliveryFailure, DeliveryStream};
 use super::destination::DirectoryDestination;
 use super::error::FirehoseError;
 use super::manager::AnyDestination;
 use super::state::{CheckpointStore, FirehoseState, Lease, LeaseAttempt};
+use crate::log_limit::LogLimit;
 use crate::store::{StreamStore, SystemClock};
 
 /// How often a delivery stream polls its source.
@@ -52,6 +58,10 @@ pub(super) struct Worker<S> {
     pub(super) config: DeliveryConfig,
     pub(super) state: Arc<dyn FirehoseState>,
     pub(super) incarnation: u64,
+    /// Why delivery fails, while it does (read by the manager).
+    pub(super) status: watch::Sender<Option<DeliveryFailure>>,
+    /// Failed polls and opens, by cause.
+    pub(super) failures: LogLimit,
 }
 
 /// How a session ended.
@@ -79,6 +89,7 @@ impl<S: StreamStore + Clone> Worker<S> {
             };
             tracing::info!(delivery_stream = %name, holder = %lease.holder(), token = lease.token(), "lease acquired");
             let (lease, end) = self.session(lease, &mut stop).await;
+            self.status.send_replace(None);
             match end {
                 End::Shutdown => {
                     self.release(lease).await;
@@ -179,6 +190,15 @@ impl<S: StreamStore + Clone> Worker<S> {
         }
     }
 
+    /// Publishes the delivery stream's failure, if it changed.
+    fn publish_status(&self, failure: Option<DeliveryFailure>) {
+        self.status.send_if_modified(|s| {
+            let changed = *s != failure;
+            *s = failure;
+            changed
+        });
+    }
+
     /// Opens the delivery stream (retrying) and polls it until shutdown or
     /// fencing.
     async fn deliver(
@@ -203,7 +223,10 @@ impl<S: StreamStore + Clone> Worker<S> {
                     return End::Fenced(FirehoseError::State(s));
                 }
                 Err(e) => {
-                    tracing::warn!(delivery_stream = %name, error = %e, "opening failed; retrying");
+                    let key = format!("open/{}", e.cause());
+                    if let Some(count) = self.failures.hit(&key, 1, Instant::now()) {
+                        tracing::warn!(delivery_stream = %name, attempts = count, error = %e, "opening failed; retrying");
+                    }
                 }
             }
             tokio::select! {
@@ -213,15 +236,20 @@ impl<S: StreamStore + Clone> Worker<S> {
         };
         tracing::info!(delivery_stream = %name, "delivery stream started");
         loop {
+            self.publish_status(stream.failure());
             match stream.poll().await {
                 Ok(_) => {}
                 Err(FirehoseError::State(s)) if s.ends_delivery() => {
                     return End::Fenced(FirehoseError::State(s));
                 }
                 Err(e) => {
-                    tracing::warn!(delivery_stream = %name, error = %e, "delivery poll failed");
+                    let key = format!("poll/{}", e.cause());
+                    if let Some(count) = self.failures.hit(&key, 1, Instant::now()) {
+                        tracing::warn!(delivery_stream = %name, polls = count, error = %e, "delivery poll failed");
+                    }
                 }
             }
+            self.publish_status(stream.failure());
             tokio::select! {
                 () = stopped(stop) => return End::Shutdown,
                 () = tokio::time::sleep(POLL_INTERVAL) => {}

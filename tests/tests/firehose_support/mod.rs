@@ -75,6 +75,11 @@ impl Writer {
         batch
     }
 
+    /// `n` more records to write.
+    pub fn add(&mut self, n: usize) {
+        self.total += n;
+    }
+
     /// No new records from now on; those sent still get retried until
     /// acknowledged.
     pub fn finish(&mut self) {

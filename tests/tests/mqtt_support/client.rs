@@ -100,6 +100,8 @@ pub enum Ack {
 pub struct Report {
     /// One per message, in order.
     pub acks: Vec<Ack>,
+    /// The MQTT 5 reason string of each message's acknowledgement, if any.
+    pub reasons: Vec<Option<String>>,
     /// CONNACK code (3.1.1 return code or MQTT 5 reason code), if one came.
     pub connack: Option<u8>,
     /// Reason code of a DISCONNECT from the server (MQTT 5).
@@ -155,6 +157,7 @@ pub async fn publish_until(
 
 struct Tracker {
     acks: Vec<Ack>,
+    reasons: Vec<Option<String>>,
     qos: Vec<u8>,
     queue: VecDeque<usize>,
     inflight: HashMap<u16, usize>,
@@ -165,6 +168,7 @@ impl Tracker {
     fn new(msgs: &[Msg]) -> Self {
         Self {
             acks: vec![Ack::Unsent; msgs.len()],
+            reasons: vec![None; msgs.len()],
             qos: msgs.iter().map(|m| m.qos).collect(),
             queue: (0..msgs.len()).collect(),
             inflight: HashMap::new(),
@@ -185,9 +189,14 @@ impl Tracker {
     }
 
     fn done(&mut self, pkid: u16, ack: Ack) -> bool {
+        self.done_with(pkid, ack, None)
+    }
+
+    fn done_with(&mut self, pkid: u16, ack: Ack, reason: Option<String>) -> bool {
         match self.inflight.remove(&pkid) {
             Some(i) => {
                 self.acks[i] = ack;
+                self.reasons[i] = reason;
                 self.acked += 1;
                 true
             }
@@ -237,7 +246,13 @@ mod v4 {
                 break;
             }
         }
-        let mut report = Report { acks: Vec::new(), connack: None, disconnect: None, error: None };
+        let mut report = Report {
+            acks: Vec::new(),
+            reasons: Vec::new(),
+            connack: None,
+            disconnect: None,
+            error: None,
+        };
         let deadline = Instant::now() + timeout;
         let mut stopped = false;
         while !t.finished() && !stopped {
@@ -290,6 +305,7 @@ mod v4 {
             }
         }
         report.acks = t.acks;
+        report.reasons = t.reasons;
         report
     }
 }
@@ -381,7 +397,13 @@ mod v5 {
                 break;
             }
         }
-        let mut report = Report { acks: Vec::new(), connack: None, disconnect: None, error: None };
+        let mut report = Report {
+            acks: Vec::new(),
+            reasons: Vec::new(),
+            connack: None,
+            disconnect: None,
+            error: None,
+        };
         let deadline = Instant::now() + timeout;
         let mut stopped = false;
         while !t.finished() && !stopped {
@@ -420,7 +442,8 @@ mod v5 {
                 Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
                     let code = puback_code(a.reason);
                     let ack = if code < 0x80 { Ack::Ok } else { Ack::Refused(code) };
-                    if t.done(a.pkid, ack) && on_ack(t.acked) {
+                    let reason = a.properties.and_then(|p| p.reason_string);
+                    if t.done_with(a.pkid, ack, reason) && on_ack(t.acked) {
                         stopped = true;
                     }
                 }
@@ -450,6 +473,7 @@ mod v5 {
             }
         }
         report.acks = t.acks;
+        report.reasons = t.reasons;
         report
     }
 }

@@ -15,6 +15,7 @@ use super::model::{
 use crate::api::codec::{Blob, Encoding, Timestamp};
 use crate::api::error::{ACCOUNT_ID, ApiError, ErrorKind, Violations};
 use crate::firehose::config::{DEFAULT_BUFFER_INTERVAL_SECS, DEFAULT_BUFFER_SIZE_MIB};
+use crate::firehose::delivery::DISK_FULL;
 use crate::firehose::{DeliverySpec, Manager, ManagerError, Source, default_directory};
 use crate::store::NewRecord;
 use crate::store::StreamStore;
@@ -305,6 +306,7 @@ impl<S: StreamStore + Clone> FirehoseApi<S> {
             retry_duration_secs: crate::firehose::config::DEFAULT_RETRY_DURATION_SECS,
             partition_keys: Vec::new(),
             backup_directory: None,
+            min_free_bytes: None,
             destination: crate::firehose::manager::DestinationSpec::Directory,
             parquet: None,
             created_ms: std::time::SystemTime::now()
@@ -331,6 +333,12 @@ impl<S: StreamStore + Clone> FirehoseApi<S> {
                 "weir:Compression" => spec.compression = value.clone(),
                 "weir:NewlineDelimited" => spec.newline_delimited = value == "true",
                 "weir:Prefix" => spec.prefix = value.clone(),
+                "weir:MinFreeBytes" => {
+                    let bytes = value.parse::<u64>().map_err(|_| {
+                        ApiError::invalid(format!("tag {key}: {value:?} is not a whole number"))
+                    })?;
+                    spec.min_free_bytes = Some(bytes);
+                }
                 _ => {}
             }
         }
@@ -369,6 +377,23 @@ impl<S: StreamStore + Clone> FirehoseApi<S> {
             "HasMoreDestinations": false,
             "Destinations": [destination_description(&spec, from_config)],
         });
+        if let Some(f) = self.manager.failure(&name).await {
+            // Firehose's member for a failing delivery stream; the type is
+            // one the SDKs know (the reason is in the details).
+            let what = if f.reason == DISK_FULL {
+                "delivery paused: the destination's disk is full"
+            } else {
+                "delivery failing"
+            };
+            d["FailureDescription"] = serde_json::json!({
+                "Type": "UNKNOWN_ERROR",
+                "Details": format!(
+                    "{what} (reason {}): the batch of {} failed {} attempts since {} ms after \
+                     the epoch ({} shard(s) waiting); last error: {}",
+                    f.reason, f.shard_id, f.attempts, f.since_ms, f.failing_shards, f.message
+                ),
+            });
+        }
         if let Source::Stream(s) = &spec.source {
             d["Source"] = serde_json::json!({
                 "KinesisStreamSourceDescription": {

@@ -3,11 +3,45 @@
 //! without parents, or whose parents retention removed, at once), so per
 //! partition key records are delivered in order across reshards; its buffer
 //! is flushed by the size hint (before a record would take it past the hint,
-//! or once it reaches it) and by the interval hint.
+//! or once it reaches it) and by the interval hint. And [`read_range`]: a
+//! pending batch's records read again.
 
 use std::collections::BTreeSet;
 
-use crate::store::{ShardDescription, StoredRecord};
+use crate::store::{
+    ReadLimits, ShardDescription, ShardPosition, StoreError, StoredRecord, StreamStore,
+};
+
+/// A batch's records read again from `stream`: offsets `from.offset..=last`
+/// of one shard, at most `limits` per read; `None` when a read does not
+/// start where the batch goes on (retention removed the records).
+///
+/// # Errors
+/// A failed read.
+pub(super) async fn read_range<S: StreamStore>(
+    store: &S,
+    stream: &str,
+    from: ShardPosition,
+    last: u64,
+    limits: ReadLimits,
+) -> Result<Option<Vec<StoredRecord>>, StoreError> {
+    let mut records = Vec::new();
+    let mut offset = from.offset;
+    while offset <= last {
+        // At most this many records (exactly, on a store with dense
+        // offsets); reads past the batch are cut below.
+        let want = usize::try_from(last - offset + 1).unwrap_or(usize::MAX);
+        let read = ReadLimits { max_records: want.min(limits.max_records), ..limits };
+        let batch = store.read(stream, ShardPosition { offset, ..from }, read).await?;
+        match batch.records.first() {
+            Some(r) if r.sequence.offset == offset => {}
+            _ => return Ok(None),
+        }
+        records.extend(batch.records.into_iter().filter(|r| r.sequence.offset <= last));
+        offset = batch.next.offset;
+    }
+    Ok(Some(records))
+}
 
 /// A shard being consumed: where reading continues and what is buffered.
 #[derive(Debug)]

@@ -26,3 +26,15 @@ pub(super) fn failed(name: &str, records: u64, bytes: u64) {
     ::metrics::counter!("weir_firehose_failed_records_total", &l).increment(records);
     ::metrics::counter!("weir_firehose_failed_bytes_total", &l).increment(bytes);
 }
+
+/// A failed attempt at a batch, by cause (`disk_full` or `destination`).
+pub(super) fn failure(name: &str, reason: &'static str) {
+    let l = [("delivery_stream", name.to_owned()), ("reason", reason.to_owned())];
+    ::metrics::counter!("weir_firehose_delivery_failures_total", &l).increment(1);
+}
+
+/// Whether a batch of the delivery stream waits for its next attempt.
+pub(super) fn paused(name: &str, paused: bool) {
+    let v = if paused { 1.0 } else { 0.0 };
+    ::metrics::gauge!("weir_firehose_delivery_paused", &labels(name)).set(v);
+}

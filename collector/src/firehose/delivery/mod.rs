@@ -50,9 +50,23 @@
 //! `DataFormatConversion.MalformedData`). Writing the error output is
 //! retried without end: nothing is dropped.
 //!
+//! # A full disk
+//!
+//! [`FirehoseError::DiskFull`] pauses: the batch stays pending, backs off as
+//! above without starting the retry duration (nothing goes to the error
+//! output) and without a checkpoint write (the checkpoint may share the
+//! disk), and goes again at the first poll at which the destination
+//! [has room](Destination::has_room); [`DeliveryStream::failure`] says so
+//! meanwhile. A checkpoint save that failed is made again before the next
+//! object is written, so a batch is always pending in the saved checkpoint
+//! before its object is written.
+//!
 //! Metrics (through the `metrics` facade, label `delivery_stream`):
 //! `weir_firehose_delivered_records_total` / `_bytes_total`,
 //! `weir_firehose_retried_records_total` / `_bytes_total` (per failed
+//! attempt), `weir_firehose_delivery_failures_total` (per failed attempt,
+//! label `reason`: `disk_full` or `destination`),
+//! `weir_firehose_delivery_paused` (1 while a batch waits for its next
 //! attempt), `weir_firehose_failed_records_total` / `_bytes_total` (written
 //! to the error output) and `weir_firehose_last_delivery_timestamp_seconds`.
 //!
@@ -86,10 +100,10 @@ use std::time::Duration;
 use attempt::{AttemptError, Output};
 pub use errors::{CONVERSION_FAILED, CONVERSION_FAILED_CODE};
 use errors::{ErrorOutput, error_code};
-use lineage::{Consumer, waits_for_parent};
-pub use report::{DeliveredObject, PollReport};
+use lineage::{Consumer, read_range, waits_for_parent};
+pub use report::{DeliveredObject, DeliveryFailure, PollReport};
 use retry::Retries;
-pub use retry::{RETRY_INITIAL_MS, RETRY_MAX_MS, backoff_ms};
+pub use retry::{DESTINATION, DISK_FULL, RETRY_INITIAL_MS, RETRY_MAX_MS, backoff_ms};
 
 use super::checkpoint::{Checkpoint, PendingBatch, PendingFailure, ShardCheckpoint};
 use super::config::DeliveryConfig;
@@ -119,6 +133,9 @@ pub struct DeliveryStream<S, D> {
     consumers: BTreeMap<u64, Consumer>,
     recovering: bool,
     retries: Retries,
+    /// The last checkpoint save failed: `checkpoint` is ahead of the saved
+    /// one, and is saved before any object is written.
+    unsaved: bool,
 }
 
 impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
@@ -196,6 +213,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             consumers: BTreeMap::new(),
             recovering: true,
             retries: Retries::default(),
+            unsaved: false,
         };
         let mut report = PollReport::default();
         if let Err(e) = me.redeliver_pending(&mut report).await {
@@ -205,7 +223,14 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             // The destination failed: open anyway; polls retry with backoff.
             tracing::warn!(delivery_stream = %me.output.config.name, error = %e, "delivering an interrupted batch failed; retrying");
         }
+        metrics::paused(&me.output.config.name, !me.retries.is_empty());
         Ok((me, report))
+    }
+
+    /// Why delivery is failing, while it is: the first failing batch's
+    /// cause (a full disk: paused), attempts and last error.
+    pub fn failure(&self) -> Option<DeliveryFailure> {
+        self.retries.failure()
     }
 
     /// The configuration.
@@ -237,6 +262,7 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             self.poll_shards(&mut report).await
         }
         .await;
+        metrics::paused(&self.output.config.name, !self.retries.is_empty());
         match result {
             Ok(()) => Ok(report),
             Err(e) => {
@@ -253,9 +279,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
     /// not yet delivered are read again after a restart.
     pub async fn run(mut self, poll_interval: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let failed = crate::log_limit::LogLimit::new();
         loop {
             if let Err(e) = self.poll().await {
-                tracing::warn!(delivery_stream = %self.output.config.name, error = %e, "delivery poll failed");
+                let name = &self.output.config.name;
+                if let Some(count) = failed.hit(e.cause(), 1, std::time::Instant::now()) {
+                    tracing::warn!(delivery_stream = %name, polls = count, error = %e, "delivery poll failed");
+                }
             }
             tokio::select! {
                 () = &mut shutdown => return,
@@ -264,8 +294,10 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
         }
     }
 
-    async fn save_checkpoint(&self) -> Result<(), FirehoseError> {
-        self.checkpoints.save(self.checkpoint.clone()).await
+    async fn save_checkpoint(&mut self) -> Result<(), FirehoseError> {
+        let saved = self.checkpoints.save(self.checkpoint.clone()).await;
+        self.unsaved = saved.is_err();
+        saved
     }
 
     async fn stream_id(&mut self) -> Result<(u64, Vec<ShardDescription>), FirehoseError> {
@@ -289,6 +321,15 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             .filter_map(|(id, s)| s.pending.clone().map(|p| (id.clone(), p)))
             .collect();
         let now = self.clock.now_ms();
+        for (id, _) in &pending {
+            // Paused by a full disk: go again as soon as the object fits.
+            if self.retries.waiting(id, now)
+                && let Some(bytes) = self.retries.disk_full(id)
+                && self.output.destination.has_room(bytes).await
+            {
+                self.retries.due(id, now);
+            }
+        }
         if pending.iter().any(|(id, _)| self.retries.waiting(id, now)) {
             return Ok(());
         }
@@ -301,28 +342,13 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                     last: p.last_offset,
                 };
                 let index = shards.iter().find(|s| s.shard_id == shard_id).ok_or_else(gone)?.index;
-                let mut records = Vec::new();
-                let mut offset = p.first_offset;
-                while offset <= p.last_offset {
-                    // At most this many records (exactly, on a store with
-                    // dense offsets); reads past the batch are cut below.
-                    let want = usize::try_from(p.last_offset - offset + 1).unwrap_or(usize::MAX);
-                    let from = ShardPosition { stream_id, shard_index: index, offset };
-                    let limits = ReadLimits {
-                        max_records: want.min(READ_MAX_RECORDS),
-                        max_bytes: READ_MAX_BYTES,
-                    };
-                    let batch =
-                        self.store.read(&self.output.config.source_stream, from, limits).await?;
-                    match batch.records.first() {
-                        Some(r) if r.sequence.offset == offset => {}
-                        _ => return Err(gone()),
-                    }
-                    records.extend(
-                        batch.records.into_iter().filter(|r| r.sequence.offset <= p.last_offset),
-                    );
-                    offset = batch.next.offset;
-                }
+                let from = ShardPosition { stream_id, shard_index: index, offset: p.first_offset };
+                let limits =
+                    ReadLimits { max_records: READ_MAX_RECORDS, max_bytes: READ_MAX_BYTES };
+                let stream = &self.output.config.source_stream;
+                let records = read_range(&self.store, stream, from, p.last_offset, limits)
+                    .await?
+                    .ok_or_else(gone)?;
                 if !self.retries.contains(&shard_id) {
                     tracing::info!(delivery_stream = %self.output.config.name, shard = %shard_id, key = %p.key, "delivering an interrupted batch again");
                 }
@@ -494,6 +520,11 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
                         reason: format!("{shard_id}: no pending batch to deliver"),
                     },
                 )?;
+            if self.unsaved {
+                // The batch must be pending in the saved checkpoint before
+                // its object is written.
+                self.save_checkpoint().await?;
+            }
             let e = match self.output.attempt(self.clock.as_ref(), shard_id, &split, &pending).await
             {
                 Ok((delivered, errors)) => {
@@ -540,32 +571,24 @@ impl<S: StreamStore, D: Destination> DeliveryStream<S, D> {
             };
             report.failed_attempts += 1;
             let now = self.clock.now_ms();
-            if !self.retries.contains(shard_id) {
-                // The first failure (since opening): the retry duration
-                // counts from the first failure saved in the checkpoint.
-                let since_ms = match pending.first_failure_ms {
-                    Some(t) => t.min(now),
-                    None => {
-                        if let Some(p) = self
-                            .checkpoint
-                            .shards
-                            .get_mut(shard_id)
-                            .and_then(|s| s.pending.as_mut())
-                        {
-                            p.first_failure_ms = Some(now);
-                        }
-                        self.save_checkpoint().await?;
-                        now
-                    }
-                };
-                self.retries.start(shard_id, since_ms, now);
+            let (state, starts) = self.retries.fail(shard_id, &e, now, pending.first_failure_ms);
+            if starts {
+                // The retry duration starts now: saved, so that a restart
+                // does not start it again.
+                if let Some(p) =
+                    self.checkpoint.shards.get_mut(shard_id).and_then(|s| s.pending.as_mut())
+                {
+                    p.first_failure_ms = Some(now);
+                }
+                self.save_checkpoint().await?;
             }
-            let Some(state) = self.retries.count_failure(shard_id) else {
-                return Err(e);
-            };
             let (count, bytes) = split.totals(&self.output.config.format);
-            metrics::retried(&self.output.config.name, count, bytes);
-            let expired = state.expired(now, self.output.config.retry_duration_secs);
+            let name = &self.output.config.name;
+            metrics::retried(name, count, bytes);
+            metrics::failure(name, if e.is_disk_full() { DISK_FULL } else { DESTINATION });
+            // A full disk now pauses, whatever failed before.
+            let expired =
+                !e.is_disk_full() && state.expired(now, self.output.config.retry_duration_secs);
             if pending.error.is_none() && expired {
                 tracing::warn!(delivery_stream = %self.output.config.name, shard = %shard_id, attempts = state.attempts, error = %e, "retry duration over; the batch goes to the error output");
                 let failure = PendingFailure {

@@ -2,14 +2,20 @@
 //! concurrently; a producer's later batch is not appended once an earlier one
 //! failed; streams are looked up (or auto-created) once per process. Then
 //! one [`Outcome`](super::Outcome) per packet, in packet order, with the
-//! reason a store error is reported with.
+//! reason a store error is reported with. Store faults (a full disk, a
+//! failed shard) are logged once per stream per cause per
+//! [`LOG_INTERVAL`](crate::log_limit::LOG_INTERVAL) with the number of
+//! records they failed, never once per publish.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+use std::time::Instant;
 
 use futures_util::future::join_all;
 
 use super::window::{Done, KnownStreams, Op, Plan, RecordError, Slot, StreamOps};
 use crate::ingest::packet::Reason;
+use crate::log_limit::{LogLimit, store_fault};
 use crate::store::{CreateStreamOptions, StoreError, StreamStore};
 
 impl Plan {
@@ -21,8 +27,10 @@ impl Plan {
         auto_create_shards: Option<u32>,
     ) -> Done {
         let Plan { streams, slots, _permits } = self;
+        let names: Vec<String> = streams.iter().map(|s| s.stream.clone()).collect();
         let runs = streams.into_iter().map(|s| run_stream(&store, &known, auto_create_shards, s));
         let results = join_all(runs).await;
+        log_faults(&names, &results);
         let mut done = Done {
             outcomes: Vec::with_capacity(slots.len()),
             qos2_failed: Vec::new(),
@@ -56,6 +64,29 @@ impl Plan {
             done.outcomes.push(outcome);
         }
         done
+    }
+}
+
+/// Logs the store faults of a window: per stream and cause, one line per
+/// [`LOG_INTERVAL`](crate::log_limit::LOG_INTERVAL) carrying how many
+/// records failed since the last one (a full disk refuses every publish of
+/// every client: thousands a second).
+fn log_faults(names: &[String], results: &[Vec<Vec<Result<(), RecordError>>>]) {
+    static FAILED: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+    for (stream, ops) in names.iter().zip(results) {
+        let mut causes: BTreeMap<&'static str, (u64, &StoreError)> = BTreeMap::new();
+        for r in ops.iter().flatten() {
+            if let Err(RecordError::Store(e)) = r
+                && let Some(cause) = store_fault(e)
+            {
+                causes.entry(cause).or_insert((0, e)).0 += 1;
+            }
+        }
+        for (cause, (n, error)) in causes {
+            if let Some(count) = FAILED.hit(&format!("{stream}/{cause}"), n, Instant::now()) {
+                tracing::warn!(stream, cause, records = count, error = %error, "MQTT publishes not appended");
+            }
+        }
     }
 }
 

@@ -1,15 +1,28 @@
 //! How a connection ends: why ([`Close`]), what the client is told (the
 //! MQTT 5 DISCONNECT reason, and the log line), and the will, which is
 //! appended when the client went away without asking not to.
+//!
+//! Closes for a refused publish (MQTT 3.1.1 has no negative acknowledgement)
+//! and wills not appended log one line per reason per
+//! [`LOG_INTERVAL`](crate::log_limit::LOG_INTERVAL) with their count: a
+//! 3.1.1 client reconnecting into a full disk is refused once a connection.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::shared::Shared;
 use crate::ingest::appender::{Client, ConnState, Plan, Publish, Work};
 use crate::ingest::packet::{ProtocolError, PublishIn, Reason};
+use crate::log_limit::LogLimit;
 use crate::store::StreamStore;
+
+/// Connections closed for a refused publish, by reason.
+static REFUSED: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
+/// Wills not appended, by reason.
+static WILLS: LazyLock<LogLimit> = LazyLock::new(LogLimit::new);
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -51,7 +64,9 @@ impl Close {
                 (Some(e.reason()), Some(e.to_string()))
             }
             Self::Refused(reason, message) => {
-                tracing::warn!(peer = %peer, client_id, reason = ?reason, "closing connection: publish refused: {message}");
+                if let Some(count) = REFUSED.hit(&format!("{reason:?}"), 1, Instant::now()) {
+                    tracing::warn!(peer = %peer, client_id, reason = ?reason, connections = count, "closing connection: publish refused: {message}");
+                }
                 (Some(*reason), Some(message.clone()))
             }
             Self::KeepAlive => {
@@ -98,13 +113,18 @@ pub(super) async fn publish_will<S: StreamStore + Clone>(
     let done =
         plan.execute(shared.store.clone(), shared.known.clone(), settings.auto_create_shards).await;
     match done.outcomes.first() {
-        Some(o) if o.reason.is_error() => tracing::warn!(
-            client_id = client.client_id,
-            topic,
-            reason = ?o.reason,
-            "will not appended: {}",
-            o.message.as_deref().unwrap_or_default()
-        ),
+        Some(o) if o.reason.is_error() => {
+            if let Some(count) = WILLS.hit(&format!("{:?}", o.reason), 1, Instant::now()) {
+                tracing::warn!(
+                    client_id = client.client_id,
+                    topic,
+                    reason = ?o.reason,
+                    wills = count,
+                    "will not appended: {}",
+                    o.message.as_deref().unwrap_or_default()
+                );
+            }
+        }
         _ => tracing::debug!(client_id = client.client_id, topic, "will appended"),
     }
 }
