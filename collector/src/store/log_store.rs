@@ -210,7 +210,8 @@ impl LogStore {
     ) -> Result<AppendResults, StoreError> {
         router::check_size(&records)?;
         let state = self.stream(stream)?;
-        self.inner.space.check()?;
+        let bytes = records.iter().map(NewRecord::encoded_len).sum::<usize>() as u64;
+        self.inner.space.admit(bytes)?;
         router::append(&state, self.inner.env.clock(), records, tag).await
     }
 }

@@ -5,11 +5,14 @@
 //! which names the reserve; nothing already acknowledged is touched, and
 //! retention and stream deletion go on freeing space. The free space is
 //! read with `statvfs` at most every [`SPACE_CHECK_INTERVAL`], so appends
-//! resume by themselves once space is back. The default reserve is
+//! resume by themselves once space is back. Between two readings the bytes
+//! admitted are subtracted from the last reading ([`DiskSpace::admit`]), so
+//! a burst cannot run far past the reserve before the next reading sees it. The default reserve is
 //! [`DEFAULT_RESERVE_BYTES`] or 1% of the filesystem, whichever is smaller.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::StoreError;
@@ -32,6 +35,10 @@ pub struct DiskSpace {
     reserve: u64,
     /// When the free bytes were read, and how many.
     last: Mutex<Option<(Instant, u64)>>,
+    /// Bytes admitted since that reading.
+    admitted: AtomicU64,
+    /// How long a reading is used ([`SPACE_CHECK_INTERVAL`]).
+    interval: Duration,
 }
 
 impl DiskSpace {
@@ -42,7 +49,13 @@ impl DiskSpace {
             Ok((_, total)) => DEFAULT_RESERVE_BYTES.min(total / 100),
             Err(_) => DEFAULT_RESERVE_BYTES,
         });
-        Self { root: root.to_path_buf(), reserve, last: Mutex::new(None) }
+        Self {
+            root: root.to_path_buf(),
+            reserve,
+            last: Mutex::new(None),
+            admitted: AtomicU64::new(0),
+            interval: SPACE_CHECK_INTERVAL,
+        }
     }
 
     /// The reserve in bytes.
@@ -56,13 +69,14 @@ impl DiskSpace {
         let now = Instant::now();
         let mut last = self.last.lock().ok()?;
         if let Some((at, free)) = *last
-            && now.duration_since(at) < SPACE_CHECK_INTERVAL
+            && now.duration_since(at) < self.interval
         {
             return Some(free);
         }
         match statvfs(&self.root) {
             Ok((free, _)) => {
                 *last = Some((now, free));
+                self.admitted.store(0, Ordering::Relaxed);
                 metrics::gauge!("weir_store_free_bytes").set(free as f64);
                 Some(free)
             }
@@ -80,12 +94,22 @@ impl DiskSpace {
     /// # Errors
     /// [`StoreError::DiskFull`] below the reserve.
     pub fn check(&self) -> Result<(), StoreError> {
-        match self.free() {
-            Some(free) if free < self.reserve => {
-                Err(StoreError::DiskFull { free, reserve: self.reserve })
-            }
-            _ => Ok(()),
+        self.admit(0)
+    }
+
+    /// Like [`check`](Self::check), counting `bytes` about to be written
+    /// against the free space once admitted.
+    ///
+    /// # Errors
+    /// [`StoreError::DiskFull`] below the reserve.
+    pub fn admit(&self, bytes: u64) -> Result<(), StoreError> {
+        let Some(read) = self.free() else { return Ok(()) };
+        let free = read.saturating_sub(self.admitted.load(Ordering::Relaxed));
+        if free < self.reserve {
+            return Err(StoreError::DiskFull { free, reserve: self.reserve });
         }
+        self.admitted.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -101,6 +125,13 @@ mod tests {
         let full = DiskSpace::new(dir.path(), Some(u64::MAX));
         assert!(matches!(full.check(), Err(StoreError::DiskFull { reserve: u64::MAX, .. })));
         assert!(DiskSpace::new(dir.path(), Some(0)).check().is_ok());
+        // What is admitted counts until the next reading.
+        let tight = DiskSpace {
+            interval: Duration::from_secs(3600),
+            ..DiskSpace::new(dir.path(), Some(free / 2))
+        };
+        assert!(tight.admit(free).is_ok(), "admitted while above the reserve");
+        assert!(matches!(tight.check(), Err(StoreError::DiskFull { .. })), "then below it");
         let default = DiskSpace::new(dir.path(), None);
         assert_eq!(default.reserve(), DEFAULT_RESERVE_BYTES.min(total / 100));
     }
