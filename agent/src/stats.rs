@@ -34,6 +34,8 @@ pub struct Shutdown {
     flag: Mutex<bool>,
     cv: Condvar,
     tx: tokio::sync::watch::Sender<bool>,
+    /// Wake-ups notified on a stop too (threads that wait on their own).
+    also: Mutex<Vec<std::sync::Arc<Signal>>>,
 }
 
 impl Default for Shutdown {
@@ -42,6 +44,7 @@ impl Default for Shutdown {
             flag: Mutex::new(false),
             cv: Condvar::new(),
             tx: tokio::sync::watch::Sender::new(false),
+            also: Mutex::new(Vec::new()),
         }
     }
 }
@@ -52,6 +55,14 @@ impl Shutdown {
         *lock(&self.flag) = true;
         self.cv.notify_all();
         self.tx.send_replace(true);
+        for s in lock(&self.also).iter() {
+            s.notify();
+        }
+    }
+
+    /// Notifies `signal` too when a stop is asked for.
+    pub fn also_notify(&self, signal: std::sync::Arc<Signal>) {
+        lock(&self.also).push(signal);
     }
 
     /// Whether a stop was asked for.
@@ -90,6 +101,17 @@ impl Signal {
     pub fn notify(&self) {
         *lock(&self.count) += 1;
         self.cv.notify_all();
+    }
+
+    /// How many times it was notified.
+    pub fn count(&self) -> u64 {
+        *lock(&self.count)
+    }
+
+    /// Waits until notified after the count was `seen`, or `timeout` passes.
+    pub fn wait_past(&self, seen: u64, timeout: Duration) {
+        let guard = lock(&self.count);
+        let _ = self.cv.wait_timeout_while(guard, timeout, |c| *c == seen);
     }
 
     /// Waits until notified or `timeout` passes.

@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 mod identity;
+pub mod watch;
 
 pub use identity::{FINGERPRINT_BYTES, FileId};
 use identity::{find_copy, identify, same_file};
@@ -316,6 +317,35 @@ impl Tailer {
     pub fn is_following(&self, dev: u64, ino: u64) -> bool {
         self.files.iter().any(|f| f.id.dev == dev && f.id.ino == ino)
             || self.waiting.keys().any(|id| id.dev == dev && id.ino == ino)
+    }
+
+    /// The directories to watch for changes: those of the followed files and
+    /// the fixed part of each glob.
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .config
+            .globs
+            .iter()
+            .filter_map(|g| watch::glob_dir(g))
+            .chain(self.files.iter().filter_map(|f| f.path.parent().map(Path::to_path_buf)))
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// The longest a poll may be put off while nothing changes: the rescan
+    /// interval, or sooner for an idle timer (partial lines, rotated files).
+    pub fn idle_wait(&self) -> Duration {
+        let mut wait = self.config.rescan_every;
+        if self.files.iter().any(|f| !f.pending.is_empty()) {
+            wait = wait.min(self.config.partial_flush);
+        }
+        if self.files.iter().any(|f| f.retiring) {
+            wait = wait.min(self.config.rotate_wait);
+        }
+        wait
     }
 
     /// What the tailer did so far.

@@ -6,8 +6,12 @@
 //! group, partition key from the input's template), then `Forget` for files
 //! it let go — in that order, which the batcher's checkpoint bookkeeping
 //! relies on (see [`crate::event`]). When a poll reads nothing, the thread
-//! waits `poll_ms` (or less, for an open multi-line group's timeout) before
-//! looking again; a stop request ends the wait at once.
+//! waits for a change inotify reports in the files' directories
+//! ([`FileWatch`]; at most one such poll per [`EVENT_COALESCE`], so a file
+//! written a line at a time is read a few lines at a time) or for the
+//! tailer's next timer (rescan, partial line, rotated file), whichever comes
+//! first; without inotify it looks again every `poll_ms`. An open multi-line
+//! group's timeout shortens the wait, and a stop request ends it at once.
 //!
 //! When the batcher stops reading (full spool under `block`), the send
 //! blocks and the tailer stops reading: files keep their place.
@@ -28,7 +32,8 @@ use crate::checkpoint::FileKey;
 use crate::config::FileInput;
 use crate::event::{Chunk, ChunkFile, Event};
 use crate::multiline::Grouper;
-use crate::stats::{Shared, lock, now_ms};
+use crate::stats::{Shared, Signal, lock, now_ms};
+use crate::tail::watch::FileWatch;
 use crate::tail::{Checkpoint, Line, TailError, Tailer};
 use crate::template::{KeyContext, KeyTemplate};
 
@@ -37,6 +42,8 @@ use crate::template::{KeyContext, KeyTemplate};
 pub const POLL_BUDGET_BYTES: usize = 256 * 1024;
 /// How often the followed files are published for the status.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// Shortest gap between two polls that inotify events started.
+pub const EVENT_COALESCE: Duration = Duration::from_millis(20);
 /// The same error message is logged again after this long.
 pub const ERROR_REPEAT: Duration = Duration::from_secs(60);
 /// Distinct error messages remembered (for logging each once).
@@ -65,6 +72,10 @@ struct Worker {
     device_id: String,
     key: KeyTemplate,
     poll: Duration,
+    /// Notified by inotify events and by a stop.
+    wake: Arc<Signal>,
+    /// inotify on the files' directories; `None`: polling only.
+    watch: Option<FileWatch>,
     tailer: Tailer,
     grouper: Option<Grouper>,
     tx: SyncSender<Event>,
@@ -96,12 +107,23 @@ pub fn spawn(
     let known = task.checkpoints.iter().map(crate::checkpoint::key_of).collect();
     let tailer = Tailer::new(task.config.tail.clone(), task.checkpoints)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let wake = Arc::new(Signal::default());
+    shared.shutdown.also_notify(wake.clone());
+    let watch = match FileWatch::start(wake.clone(), format!("weir-watch-{}", task.index)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::info!(input = %task.name, error = %e, "inotify unavailable: polling the files every poll_ms");
+            None
+        }
+    };
     let worker = Worker {
         index: task.index,
         name: task.name,
         device_id: task.device_id,
         key: task.key,
         poll: task.config.poll,
+        wake,
+        watch,
         tailer,
         grouper: task.config.multiline.map(Grouper::new),
         tx,
@@ -121,7 +143,9 @@ impl Worker {
     fn run(mut self) {
         tracing::info!(input = %self.name, "file input started");
         let mut last_status: Option<Instant> = None;
+        let mut last_poll = Instant::now();
         while !self.shared.shutdown.is_set() {
+            let seen = self.wake.count();
             let now = Instant::now();
             let read_any = match self.step(now) {
                 Ok(read) => read,
@@ -133,15 +157,32 @@ impl Worker {
                 last_status = Some(now);
             }
             if !read_any {
+                let idle = match &mut self.watch {
+                    Some(w) => {
+                        w.set_dirs(&self.tailer.watch_dirs());
+                        if w.complete() {
+                            self.tailer.idle_wait().max(self.poll)
+                        } else {
+                            self.poll
+                        }
+                    }
+                    None => self.poll,
+                };
                 let wait = self
                     .grouper
                     .as_ref()
                     .and_then(|g| g.next_timeout(now))
-                    .map_or(self.poll, |t| t.min(self.poll));
-                if self.shared.shutdown.wait_timeout(wait) {
+                    .map_or(idle, |t| t.min(idle));
+                self.wake.wait_past(seen, wait);
+                if self.shared.shutdown.is_set() {
                     break;
                 }
+                // Coalesce event-driven polls.
+                if let Some(rest) = EVENT_COALESCE.checked_sub(last_poll.elapsed()) {
+                    std::thread::sleep(rest);
+                }
             }
+            last_poll = now;
         }
         self.publish_status();
         tracing::info!(input = %self.name, "file input stopped");
