@@ -47,7 +47,7 @@
 //! partial_flush_ms = 5000             # a last line without newline, once idle this long
 //! rotate_wait_ms = 5000               # a rotated file is let go once idle this long
 //! rescan_ms = 1000                    # globs listed again for new files
-//! poll_ms = 250                       # files checked for growth when idle
+//! poll_ms = 250                       # files checked for growth when idle, where inotify is unavailable (else inotify wakes the input)
 //! multiline_start = '^\d{4}-\d{2}-\d{2}'   # optional: a record starts at such a line
 //! multiline_max_bytes = 65536
 //! multiline_timeout_ms = 1000
