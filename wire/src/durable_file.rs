@@ -10,6 +10,8 @@
 //! A replaced file is written to `<name>.tmp`, fsync'd, renamed over the old
 //! one, and its directory fsync'd: after a crash either the old or the new
 //! content is there, never a mix, and the rename itself survives a power cut.
+//! A temp file that could not be written or synced whole is removed at once
+//! (on a full disk it would hold the last free blocks).
 
 use std::borrow::ToOwned;
 use std::fs::File;
@@ -54,8 +56,13 @@ fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .truncate(true)
         .mode(mode)
         .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        // On a full disk a partial temp file would hold the last free
+        // blocks until the next attempt.
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
