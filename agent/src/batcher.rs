@@ -197,6 +197,7 @@ pub struct Batcher {
     encode_buf: Vec<u8>,
     /// Failed appends: delays, the full-disk pause, their log lines.
     retry: Retry,
+    sync_log: LogLimit,
     checkpoint_file_log: LogLimit,
 }
 
@@ -235,6 +236,7 @@ impl Batcher {
             sync_inputs: setup.sync_inputs,
             encode_buf: Vec::new(),
             retry: Retry::new(),
+            sync_log: LogLimit::new(),
             checkpoint_file_log: LogLimit::new(),
         }
     }
@@ -544,7 +546,9 @@ impl Batcher {
             // Inputs that acknowledge to their source (serial) go by this.
             Ok(()) => lock(&self.spool).mark_synced(point),
             Err(e) => {
-                tracing::warn!(error = %e, "spool fsync failed");
+                if let Some(failures) = self.sync_log.hit(now) {
+                    tracing::warn!(error = %e, failures, "spool fsync failed");
+                }
                 self.shared.batcher.last_error.set(&e);
             }
         }

@@ -564,4 +564,23 @@ mod tests {
         assert!(render(&sample(), 70_000).contains("stale"));
         assert!(matches!(read_status(&dir.path().join("none")), Err(StatusError::Missing { .. })));
     }
+
+    #[test]
+    fn a_status_file_without_the_disk_full_fields_still_reads() {
+        let mut json = serde_json::to_value(sample()).expect("json");
+        let spool = json["spool"].as_object_mut().expect("spool");
+        for k in [
+            "state",
+            "disk_full",
+            "disk_full_events",
+            "disk_full_ms",
+            "free_bytes",
+            "min_free_bytes",
+        ] {
+            spool.remove(k);
+        }
+        let old: Status = serde_json::from_value(json).expect("an older agent's status");
+        assert_eq!((old.spool.disk_full, old.spool.disk_full_events), (None, 0));
+        assert!(!render(&old, 61_500).contains("DISK FULL"));
+    }
 }
