@@ -14,12 +14,29 @@
 //!
 //! The batcher runs on its own thread and reads one bounded channel
 //! ([`crate::event::EVENT_CHANNEL_CAPACITY`]). When the spool is full under
-//! policy `block`, or an append fails (disk full, I/O error), it keeps the
-//! batch and retries — on freed space, or after [`ERROR_RETRY`] — and reads
-//! nothing meanwhile, so the channel fills and the inputs stop where they
-//! are; their files keep their place. Nothing is dropped here; under
-//! `drop_oldest` the spool drops its oldest segment and counts it.
+//! policy `block`, or an append fails, it keeps the batch and retries, and
+//! reads nothing meanwhile, so the channel fills and the inputs stop where
+//! they are; their files keep their place, and their checkpoints stay at the
+//! last spooled line. Nothing is dropped here; under `drop_oldest` the spool
+//! drops its oldest segment when it reaches its bound, and counts it.
 //!
+//! - Full spool (`block`): retried when an acknowledgement frees space, or
+//!   after [`FULL_WAIT`].
+//! - Full filesystem ([`SpoolError::is_disk_full`]: below the spool's
+//!   free-space reserve, or `ENOSPC`), under either policy: a pause, counted
+//!   (`disk_full_events`, `disk_full_ms`) and shown in the status (spool
+//!   state `disk_full`, the last error, the free bytes), logged at most once
+//!   per [`crate::log_limit::LOG_INTERVAL`] with the number of refused
+//!   attempts it stands for (and its end, at the same rate). Retried
+//!   after the shared backoff ([`weir_wire::backoff`], [`RETRY_MIN`] doubling
+//!   up to [`RETRY_MAX`]), or at once when an acknowledgement deletes
+//!   segments; so it ends by itself once space is back.
+//! - Other errors: retried after the same backoff, logged at the same rate.
+//!
+//! While it waits the batcher still fsyncs what it appended before
+//! ([`SYNC_INTERVAL`]) and publishes the checkpoint table, and it gives the
+//! batch up at shutdown (its lines are read again at the next start).
+
 //! # Checkpoints
 //!
 //! Each record of a file input carries its file and end offset; the newest
@@ -53,19 +70,24 @@ use weir_wire::{ENVELOPE_HEADER_LEN, EncodeError, MAX_PRODUCER_ID_BYTES, Record}
 use crate::checkpoint::{FileKey, Table};
 use crate::config::BatchConfig;
 use crate::event::{Chunk, Event, NO_FILE};
+use crate::log_limit::LogLimit;
 use crate::spool::{Appended, Spool, SpoolError};
 use crate::stats::{Shared, lock};
+
+mod retry;
+
 use crate::tail::{Checkpoint, FileId};
+use retry::Retry;
+pub use retry::{RETRY_MAX, RETRY_MIN};
 
 /// How often the spool is fsync'd while appends happen.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Least time between two writes of `checkpoints.json`.
 pub const CHECKPOINT_FILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a blocked append waits before looking again (an acknowledgement
-/// wakes it sooner).
-const FULL_WAIT: Duration = Duration::from_millis(200);
-/// Pause before retrying a failed append.
-pub const ERROR_RETRY: Duration = Duration::from_secs(1);
+/// wakes it sooner); also the longest a waiting batcher goes without
+/// looking at the stop signal.
+pub const FULL_WAIT: Duration = Duration::from_millis(200);
 /// The most a batch's envelope adds to its records: version and kind (2),
 /// producer id length (1) and id, sequence number varint (10), count (2).
 pub const BATCH_OVERHEAD: usize = ENVELOPE_HEADER_LEN + 1 + MAX_PRODUCER_ID_BYTES + 10 + 2;
@@ -173,6 +195,10 @@ pub struct Batcher {
     /// See [`BatcherSetup::sync_inputs`].
     sync_inputs: Vec<String>,
     encode_buf: Vec<u8>,
+    /// Failed appends: delays, the full-disk pause, their log lines.
+    retry: Retry,
+    sync_log: LogLimit,
+    checkpoint_file_log: LogLimit,
 }
 
 impl Batcher {
@@ -209,6 +235,9 @@ impl Batcher {
             last_sync: Instant::now(),
             sync_inputs: setup.sync_inputs,
             encode_buf: Vec::new(),
+            retry: Retry::new(),
+            sync_log: LogLimit::new(),
+            checkpoint_file_log: LogLimit::new(),
         }
     }
 
@@ -395,6 +424,7 @@ impl Batcher {
             let result = meta.and_then(|meta| self.try_append(s, &meta));
             match result {
                 Ok(Appended::Written { seq, dropped_records }) => {
+                    self.retry.worked(&self.shared.batcher);
                     if dropped_records > 0 {
                         tracing::warn!(dropped_records, "spool full: dropped the oldest records");
                     }
@@ -418,10 +448,7 @@ impl Batcher {
                             "spool full (policy block): inputs stop until the collector acknowledges"
                         );
                     }
-                    if self.shared.shutdown.is_set() {
-                        return Err(Stopping);
-                    }
-                    self.shared.space.wait_timeout(FULL_WAIT);
+                    self.wait_for_space(FULL_WAIT)?;
                 }
                 Err(BatchError::Spool(e @ SpoolError::EntryTooLarge { .. })) => {
                     // Retrying cannot help; the configuration keeps batches
@@ -431,12 +458,20 @@ impl Batcher {
                     self.shared.batcher.last_error.set(&e);
                     return Ok(());
                 }
+                Err(BatchError::Spool(e)) if e.is_disk_full() => {
+                    let free_bytes = match &e {
+                        SpoolError::DiskFull { free, .. } => Some(*free),
+                        _ => lock(&self.spool).free_bytes(),
+                    };
+                    let delay = self.retry.disk_full(&e, free_bytes, &self.shared.batcher);
+                    self.wait_for_space(delay)?;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "spool append failed; retrying");
-                    self.shared.batcher.last_error.set(&e);
-                    if self.shared.shutdown.wait_timeout(ERROR_RETRY) {
+                    let delay = self.retry.failed(&e, &self.shared.batcher);
+                    if self.shared.shutdown.wait_timeout(delay) {
                         return Err(Stopping);
                     }
+                    self.idle_work(Instant::now());
                 }
             }
         }
@@ -491,16 +526,7 @@ impl Batcher {
         if self.table_unwritten.is_some_and(|t| now.duration_since(t) >= self.config.linger) {
             self.write(None, Vec::new())?;
         }
-        if self.unsynced && now.duration_since(self.last_sync) >= SYNC_INTERVAL {
-            self.sync(now);
-        }
-        if self.file_dirty
-            && self
-                .last_file_write
-                .is_none_or(|t| now.duration_since(t) >= CHECKPOINT_FILE_INTERVAL)
-        {
-            self.write_checkpoint_file(now);
-        }
+        self.idle_work(now);
         Ok(())
     }
 
@@ -520,7 +546,9 @@ impl Batcher {
             // Inputs that acknowledge to their source (serial) go by this.
             Ok(()) => lock(&self.spool).mark_synced(point),
             Err(e) => {
-                tracing::warn!(error = %e, "spool fsync failed");
+                if let Some(failures) = self.sync_log.hit(now) {
+                    tracing::warn!(error = %e, failures, "spool fsync failed");
+                }
                 self.shared.batcher.last_error.set(&e);
             }
         }
@@ -529,8 +557,15 @@ impl Batcher {
     }
 
     fn write_checkpoint_file(&mut self, now: Instant) {
-        if let Err(e) = self.table.write_file(&self.checkpoint_file) {
-            tracing::warn!(path = %self.checkpoint_file.display(), error = %e, "writing the checkpoint file failed");
+        match self.table.write_file(&self.checkpoint_file) {
+            Ok(()) => {
+                self.checkpoint_file_log.reset();
+            }
+            Err(e) => {
+                if let Some(failures) = self.checkpoint_file_log.hit(now) {
+                    tracing::warn!(path = %self.checkpoint_file.display(), error = %e, failures, "writing the checkpoint file failed");
+                }
+            }
         }
         *lock(&self.shared.checkpoints) = self.table.clone();
         self.file_dirty = false;

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod input;
+pub mod log_limit;
 pub mod multiline;
 pub mod producer;
 pub mod prometheus;
@@ -232,6 +233,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         producer_id,
         started_at_ms: now_ms(),
         serial: serial_stats,
+        write_log: Arc::default(),
     };
     let metrics_task = match metrics_listener {
         None => None,
@@ -288,6 +290,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     shared.shutdown.trigger();
+    // A batcher waiting for spool space looks at the stop signal now.
+    shared.space.notify();
     let joined = tokio::task::spawn_blocking(move || {
         for h in inputs {
             let _ = h.join();
@@ -319,6 +323,8 @@ struct Reporter {
     started_at_ms: u64,
     /// Counters of the serial inputs, by input index.
     serial: Vec<Option<Arc<stats::SerialStats>>>,
+    /// Failures to write the status file (on a full disk, every interval).
+    write_log: Arc<Mutex<log_limit::LogLimit>>,
 }
 
 impl Reporter {
@@ -328,8 +334,16 @@ impl Reporter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             let _ = std::fs::create_dir_all(dir);
         }
-        if let Err(e) = status::write_status(path, &status) {
-            tracing::warn!(path = %path.display(), error = %e, "writing the status file failed");
+        let mut log = lock(&self.write_log);
+        match status::write_status(path, &status) {
+            Ok(()) => {
+                log.reset();
+            }
+            Err(e) => {
+                if let Some(failures) = log.hit(std::time::Instant::now()) {
+                    tracing::warn!(path = %path.display(), error = %e, failures, "writing the status file failed");
+                }
+            }
         }
     }
 
@@ -378,6 +392,16 @@ impl Reporter {
         let sh = &shared.shipper;
         let since = sh.connected_since_ms.load(Ordering::Relaxed);
         let b = &shared.batcher;
+        let now = now_ms();
+        let disk_full = lock(&b.disk_full).clone();
+        let blocked = b.blocked.load(Ordering::Relaxed);
+        let spool_state = match (&disk_full, blocked) {
+            (Some(_), _) => status::SPOOL_DISK_FULL,
+            (None, true) => status::SPOOL_FULL,
+            (None, false) => status::SPOOL_OK,
+        };
+        let disk_full_ms = b.disk_full_ms.load(Ordering::Relaxed)
+            + disk_full.as_ref().map_or(0, |d| now.saturating_sub(d.since_ms));
         let last_error = std::iter::once(sh.last_error.get())
             .chain(std::iter::once(b.last_error.get()))
             .chain(shared.inputs.iter().map(|i| i.last_error.get()))
@@ -387,7 +411,7 @@ impl Reporter {
             version: VERSION.into(),
             pid: std::process::id(),
             started_at_ms: self.started_at_ms,
-            updated_at_ms: now_ms(),
+            updated_at_ms: now,
             device_id: c.device_id.clone(),
             producer_id: self.producer_id.clone(),
             collector: c.collector.address.clone(),
@@ -404,7 +428,13 @@ impl Reporter {
                 bytes: stats.bytes,
                 max_bytes: c.spool.max_bytes,
                 when_full: status::policy_name(c.spool.policy).into(),
-                blocked: b.blocked.load(Ordering::Relaxed),
+                blocked,
+                state: spool_state.into(),
+                disk_full,
+                disk_full_events: b.disk_full_events.load(Ordering::Relaxed),
+                disk_full_ms,
+                free_bytes: stats.free_bytes,
+                min_free_bytes: stats.min_free_bytes,
                 dropped_entries: stats.state.dropped_entries,
                 dropped_records: stats.state.dropped_records,
                 last_error: b.last_error.get(),

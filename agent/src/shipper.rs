@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::checkpoint::MetaStream;
 use crate::config::CollectorConfig;
+use crate::log_limit::LogLimit;
 use crate::spool::{Cursor, Spool};
 use crate::stats::{ConnState, Shared, lock, now_ms};
 
@@ -113,6 +114,7 @@ pub async fn run(setup: ShipperSetup, spool: Arc<Mutex<Spool>>, shared: Arc<Shar
         unreleased: None,
         last_release: Instant::now(),
         since_release: 0,
+        release_log: LogLimit::new(),
     };
     loop {
         if shared.shutdown.is_set() {
@@ -148,6 +150,9 @@ struct Shipper<'a> {
     unreleased: Option<u64>,
     last_release: Instant,
     since_release: u64,
+    /// Failed releases (a state file that cannot be written), logged at a
+    /// bounded rate: the release is tried every [`ACK_INTERVAL`].
+    release_log: LogLimit,
 }
 
 impl Shipper<'_> {
@@ -331,9 +336,18 @@ impl Shipper<'_> {
             return;
         }
         if let Err(e) = lock(self.spool).ack(below) {
-            tracing::warn!(error = %e, "releasing acknowledged spool entries failed; will retry");
+            if let Some(failures) = self.release_log.hit(std::time::Instant::now()) {
+                tracing::warn!(error = %e, failures, "releasing acknowledged spool entries failed; will retry");
+            }
             self.shared.batcher.last_error.set(&e);
+            // Older segments may have gone (see `Spool::ack`): a batcher
+            // waiting on a full disk looks again.
+            self.shared.space.notify();
             return;
+        }
+        if self.release_log.active() {
+            self.release_log.reset();
+            tracing::info!("releasing acknowledged spool entries works again");
         }
         self.unreleased = None;
         self.since_release = 0;

@@ -16,6 +16,31 @@
 //!   agent puts its file checkpoints there, so "this line is spooled" and "the
 //!   file's checkpoint is past this line" can never disagree after a crash).
 //!
+//! # A full filesystem
+//!
+//! The filesystem may fill before the spool reaches its bound (other files,
+//! a bound larger than the disk). That is not the bound: no policy drops
+//! anything for it, under `drop_oldest` as under `block`; the append is
+//! refused with an error for which [`SpoolError::is_disk_full`] holds, and
+//! the caller (the batcher) keeps the batch and retries, its inputs paused.
+//!
+//! - Before writing, an append checks the free space against the reserve
+//!   (`space`: `spool.min_free_bytes`, default the smaller of 64 MiB and 1%
+//!   of the filesystem) and refuses with [`SpoolError::DiskFull`]: nothing
+//!   is written.
+//! - A write that fails anyway (`ENOSPC`, `EDQUOT`, or any other error) is
+//!   cut back: the segment is truncated to its last whole entry, so neither
+//!   a reader now nor recovery after a restart meets a partial entry, and
+//!   the next append writes where the failed one began. Should that
+//!   truncation fail too, it is tried again before the next write, and
+//!   nothing is written after the partial bytes meanwhile.
+//! - A segment file that cannot be created leaves nothing to undo.
+//! - Acknowledgements still free space: `state.json` may be written in the
+//!   room of the old one (see `state`), and when it cannot be written at
+//!   all the acknowledged segments older than the newest one holding
+//!   entries are deleted anyway (the newest one is what a reopen takes the
+//!   next sequence number and the checkpoints from when `state.json` lags).
+//!
 //! # Layout
 //!
 //! A directory of segments named by the sequence number of their first entry,
@@ -26,7 +51,8 @@
 //! number and the drop counters. It is replaced atomically but not fsync'd on
 //! every acknowledgement: after a crash it may lag, and the entries after it
 //! are sent again — the collector recognises them by producer id and batch
-//! sequence number and appends them once.
+//! sequence number and appends them once. It is fsync'd before segments are
+//! deleted (acknowledged, or dropped by `drop_oldest`).
 //!
 //! Segments whose entries are all acknowledged are deleted; so are segments
 //! dropped by `drop_oldest`. Nothing else deletes spooled data.
@@ -38,11 +64,20 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod entry;
+mod error;
+mod recovery;
+mod space;
+mod state;
 
 use entry::read_entry;
 pub use entry::{ENTRY_HEADER_BYTES, ENTRY_MAGIC, Entry, MAX_ENTRY_BYTES, encode_entry};
+pub use error::SpoolError;
+use error::io_err;
+use space::Space;
+pub use space::{DEFAULT_RESERVE_BYTES, is_disk_full};
+pub use state::SpoolState;
+use state::{read_state, write_state};
 
-const STATE_FILE: &str = "state.json";
 const SEGMENT_SUFFIX: &str = ".spool";
 
 /// What happens when the spool is full.
@@ -65,51 +100,18 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// What to do when full.
     pub policy: FullPolicy,
+    /// Free bytes an append must leave on the filesystem; `None`: the
+    /// smaller of [`DEFAULT_RESERVE_BYTES`] and 1% of the filesystem.
+    pub min_free_bytes: Option<u64>,
 }
 
 impl SpoolConfig {
     /// A config with segments sized for 16 per spool (the drop granularity),
-    /// between 64 KiB and 64 MiB.
+    /// between 64 KiB and 64 MiB, and the default reserve.
     pub fn with_max_bytes(max_bytes: u64, policy: FullPolicy) -> Self {
         let segment_bytes = (max_bytes / 16).clamp(64 * 1024, 64 * 1024 * 1024);
-        Self { max_bytes, segment_bytes, policy }
+        Self { max_bytes, segment_bytes, policy, min_free_bytes: None }
     }
-}
-
-/// Errors of the spool.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// File I/O failed.
-    #[error("spool {op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// An entry larger than [`MAX_ENTRY_BYTES`] or than the whole spool.
-    #[error("spool entry of {bytes} bytes is larger than the spool allows ({max})")]
-    EntryTooLarge {
-        /// Its size.
-        bytes: usize,
-        /// The limit.
-        max: u64,
-    },
-    /// The `state.json` file does not parse.
-    #[error("spool state {path}: {message}")]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> SpoolError + 'p {
-    move |source| SpoolError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// Result of an append.
@@ -125,21 +127,6 @@ pub enum Appended {
     },
     /// Not written: the spool is full and the policy is `block`.
     Full,
-}
-
-/// Persistent counters and the acknowledgement mark.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpoolState {
-    /// Entries with a sequence number below this are acknowledged.
-    pub acked_below: u64,
-    /// Entries dropped (never sent) since the spool was created.
-    pub dropped_entries: u64,
-    /// Records in those entries.
-    pub dropped_records: u64,
-    /// Metadata of the newest entry, kept here so it outlives the deletion
-    /// of the segment that held it.
-    #[serde(default)]
-    pub last_meta: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +162,10 @@ pub struct SpoolStats {
     pub bytes: u64,
     /// The persistent counters.
     pub state: SpoolState,
+    /// Free bytes on the spool's filesystem; `None` if it cannot be asked.
+    pub free_bytes: Option<u64>,
+    /// The reserve appends leave free.
+    pub min_free_bytes: u64,
 }
 
 /// The spool. Not thread-safe by itself: the agent wraps it in a mutex.
@@ -192,6 +183,13 @@ pub struct Spool {
     /// The newest [`SyncPoint`] known fsync'd: entries below its `next_seq`
     /// survive a power cut.
     synced: SyncPoint,
+    /// The free-space reserve.
+    space: Space,
+    /// A failed write left bytes after the active segment's last entry that
+    /// could not be cut off yet.
+    cut_pending: bool,
+    /// The acknowledgement mark moved but `state.json` could not be written.
+    state_unsaved: bool,
 }
 
 /// A position in the spool and the metadata of the newest entry before it:
@@ -218,56 +216,13 @@ impl Spool {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let state = read_state(&dir)?;
-        let mut firsts = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
-            let e = e.map_err(io_err("list", &dir))?;
-            let name = e.file_name();
-            if let Some(first) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                firsts.push(first);
-            }
-        }
-        firsts.sort_unstable();
+        let firsts = recovery::list_segments(&dir)?;
         let mut segments = Vec::with_capacity(firsts.len());
         let mut last_meta = state.last_meta.clone();
         for (i, &first) in firsts.iter().enumerate() {
-            let path = segment_path(&dir, first);
-            let file = File::open(&path).map_err(io_err("open", &path))?;
-            let file_len = file.metadata().map_err(io_err("stat", &path))?.len();
-            let mut reader = BufReader::with_capacity(256 * 1024, file);
-            let mut seg = Segment { first_seq: first, end_seq: first, bytes: 0 };
-            loop {
-                match read_entry(&mut reader).map_err(io_err("read", &path))? {
-                    Ok(Some(entry)) if entry.seq == seg.end_seq => {
-                        seg.end_seq += 1;
-                        seg.bytes +=
-                            (ENTRY_HEADER_BYTES + entry.meta.len() + entry.payload.len()) as u64;
-                        last_meta = Some(entry.meta);
-                    }
-                    Ok(None) => break,
-                    Ok(Some(_)) | Err(_) => {
-                        let last = i + 1 == firsts.len();
-                        tracing::warn!(
-                            segment = %path.display(),
-                            valid_bytes = seg.bytes,
-                            cut_bytes = file_len - seg.bytes,
-                            "spool segment ends in a torn or corrupt entry; cutting it"
-                        );
-                        if !last {
-                            tracing::error!(segment = %path.display(), "entries after the damage in a closed segment are lost");
-                        }
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(io_err("open", &path))?;
-                        f.set_len(seg.bytes).map_err(io_err("truncate", &path))?;
-                        f.sync_all().map_err(io_err("fsync", &path))?;
-                        break;
-                    }
-                }
+            let (seg, meta) = recovery::scan_segment(&dir, first, i + 1 == firsts.len())?;
+            if meta.is_some() {
+                last_meta = meta;
             }
             segments.push(seg);
         }
@@ -275,7 +230,11 @@ impl Spool {
         // crash between the acknowledgement and the deletion.
         let next_seq =
             segments.last().map_or(state.acked_below, |s| s.end_seq).max(state.acked_below);
+        let space = Space::new(&dir, config.min_free_bytes);
         let mut spool = Self {
+            space,
+            cut_pending: false,
+            state_unsaved: false,
             dir,
             config,
             segments,
@@ -286,7 +245,7 @@ impl Spool {
             synced: SyncPoint { next_seq, meta: last_meta.clone() },
             last_meta,
         };
-        spool.delete_acked()?;
+        spool.delete_acked(false)?;
         Ok(spool)
     }
 
@@ -332,7 +291,15 @@ impl Spool {
             entries: self.next_seq - self.first_unacked(),
             bytes: self.segments.iter().map(|s| s.bytes).sum(),
             state: SpoolState { last_meta: None, ..self.state.clone() },
+            free_bytes: self.space.free(),
+            min_free_bytes: self.space.reserve(),
         }
+    }
+
+    /// Free bytes on the spool's filesystem now; `None` if it cannot be
+    /// asked.
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.space.free()
     }
 
     fn first_unacked(&self) -> u64 {
@@ -347,7 +314,9 @@ impl Spool {
     /// Appends an entry (written to the page cache; see [`sync`](Self::sync)).
     ///
     /// # Errors
-    /// I/O failures; an entry too large for the spool.
+    /// I/O failures; an entry too large for the spool; a full filesystem
+    /// ([`SpoolError::is_disk_full`]). After an error nothing of the entry
+    /// is in the spool and the same append may be tried again.
     pub fn append(
         &mut self,
         records: u32,
@@ -379,6 +348,7 @@ impl Spool {
                 }
             }
         }
+        self.space.check(bytes.len() as u64)?;
         let needs_new = match self.segments.last() {
             None => true,
             Some(s) => s.bytes > 0 && s.bytes + bytes.len() as u64 > self.config.segment_bytes,
@@ -410,7 +380,20 @@ impl Spool {
             self.active = Some(f);
         }
         if let Some(f) = self.active.as_mut() {
-            f.write_all(&bytes).map_err(io_err("write", &path))?;
+            if self.cut_pending {
+                f.set_len(seg.bytes).map_err(io_err("truncate", &path))?;
+                self.cut_pending = false;
+            }
+            if let Err(e) = f.write_all(&bytes) {
+                // Part of the entry may be there: cut the segment back to
+                // its last whole entry, so the next append (this one again)
+                // follows it and recovery never meets the fragment.
+                if let Err(cut) = f.set_len(seg.bytes) {
+                    tracing::warn!(segment = %path.display(), error = %cut, "cutting a failed write back failed; trying again before the next write");
+                    self.cut_pending = true;
+                }
+                return Err(SpoolError::Io { op: "write", path, source: e });
+            }
         }
         seg.end_seq += 1;
         seg.bytes += bytes.len() as u64;
@@ -422,16 +405,13 @@ impl Spool {
 
     /// Deletes the oldest segment; returns the unsent records it held.
     fn drop_oldest(&mut self) -> Result<u64, SpoolError> {
-        if self.segments.is_empty() {
-            return Ok(0);
-        }
-        let seg = self.segments.remove(0);
+        let Some(seg) = self.segments.first().cloned() else { return Ok(0) };
+        let path = segment_path(&self.dir, seg.first_seq);
         let unsent_from = seg.first_seq.max(self.state.acked_below);
         let mut dropped_records = 0;
         let mut dropped_entries = 0;
         if unsent_from < seg.end_seq {
             // Count the records of the unsent entries (a rescan of one segment).
-            let path = segment_path(&self.dir, seg.first_seq);
             if let Ok(f) = File::open(&path) {
                 let mut r = BufReader::with_capacity(256 * 1024, f);
                 while let Ok(Ok(Some(e))) = read_entry(&mut r) {
@@ -442,15 +422,30 @@ impl Spool {
                 }
             }
         }
-        let path = segment_path(&self.dir, seg.first_seq);
-        std::fs::remove_file(&path).map_err(io_err("delete", &path))?;
-        self.state.dropped_entries += dropped_entries;
-        self.state.dropped_records += dropped_records;
-        self.state.acked_below = self.state.acked_below.max(seg.end_seq);
-        self.state.last_meta.clone_from(&self.last_meta);
-        write_state(&self.dir, &self.state, true)?;
+        // The state goes first, durably: a crash before the deletion leaves
+        // a segment the state already calls acknowledged (deleted at open),
+        // never a missing segment the state does not account for.
+        let mut state = self.state.clone();
+        state.dropped_entries += dropped_entries;
+        state.dropped_records += dropped_records;
+        state.acked_below = state.acked_below.max(seg.end_seq);
+        state.last_meta.clone_from(&self.last_meta);
+        write_state(&self.dir, &state, true, self.holds_entries())?;
+        self.state = state;
+        self.segments.remove(0);
+        self.unsynced.retain(|(first, _)| *first != seg.first_seq);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::Io { op: "delete", path, source: e }),
+        }
         tracing::warn!(segment = %path.display(), dropped_records, "spool full: dropped the oldest segment");
         Ok(dropped_records)
+    }
+
+    /// Whether a segment holding entries is on disk.
+    fn holds_entries(&self) -> bool {
+        self.segments.iter().any(|s| s.end_seq > s.first_seq)
     }
 
     /// fsyncs what was appended since the last call: the active segment and
@@ -491,26 +486,49 @@ impl Spool {
     /// that hold only acknowledged entries.
     ///
     /// # Errors
-    /// I/O failures writing the state or deleting segments.
+    /// I/O failures writing the state or deleting segments; calling again
+    /// with the same `below` tries again.
     pub fn ack(&mut self, below: u64) -> Result<(), SpoolError> {
-        if below <= self.state.acked_below {
+        let below = below.min(self.next_seq);
+        if below <= self.state.acked_below && !self.state_unsaved {
             return Ok(());
         }
-        self.state.acked_below = below.min(self.next_seq);
+        self.state.acked_below = self.state.acked_below.max(below);
         self.state.last_meta.clone_from(&self.last_meta);
         // The state goes first (durably when segments are about to go), so the
         // newest metadata survives the segment that held it.
         let deletes = self.segments.first().is_some_and(|s| s.end_seq <= self.state.acked_below);
-        write_state(&self.dir, &self.state, deletes)?;
-        self.delete_acked()
+        if let Err(e) = write_state(&self.dir, &self.state, deletes, self.holds_entries()) {
+            self.state_unsaved = true;
+            // Older segments may go without it (a full disk needs the room).
+            self.delete_acked(true)?;
+            return Err(e);
+        }
+        self.state_unsaved = false;
+        self.delete_acked(false)
     }
 
-    fn delete_acked(&mut self) -> Result<(), SpoolError> {
-        while self.segments.first().is_some_and(|s| s.end_seq <= self.state.acked_below) {
+    /// Deletes the segments holding only acknowledged entries; `keep_newest`:
+    /// all but the newest segment holding entries (which gives the next
+    /// sequence number and the newest checkpoints at a reopen when
+    /// `state.json` lags).
+    fn delete_acked(&mut self, keep_newest: bool) -> Result<(), SpoolError> {
+        let mut deletable = if keep_newest {
+            self.segments.iter().rposition(|s| s.end_seq > s.first_seq).unwrap_or(0)
+        } else {
+            usize::MAX
+        };
+        while deletable > 0
+            && self.segments.first().is_some_and(|s| s.end_seq <= self.state.acked_below)
+        {
+            deletable -= 1;
             let seg = self.segments.remove(0);
+            // An open handle would keep the deleted file's blocks in use.
+            self.unsynced.retain(|(first, _)| *first != seg.first_seq);
             if self.segments.is_empty() {
                 // The active segment went too: the next append starts a new one.
                 self.active = None;
+                self.cut_pending = false;
             }
             let path = segment_path(&self.dir, seg.first_seq);
             match std::fs::remove_file(&path) {
@@ -569,31 +587,4 @@ impl Spool {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
-
-fn read_state(dir: &Path) -> Result<SpoolState, SpoolError> {
-    let path = dir.join(STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| SpoolError::State { path, message: e.to_string() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SpoolState::default()),
-        Err(e) => Err(SpoolError::Io { op: "read", path, source: e }),
-    }
-}
-
-fn write_state(dir: &Path, state: &SpoolState, durable: bool) -> Result<(), SpoolError> {
-    let path = dir.join(STATE_FILE);
-    let tmp = dir.join("state.json.tmp");
-    let bytes = serde_json::to_vec(state)
-        .map_err(|e| SpoolError::State { path: path.clone(), message: e.to_string() })?;
-    let mut f = File::create(&tmp).map_err(io_err("write", &tmp))?;
-    f.write_all(&bytes).map_err(io_err("write", &tmp))?;
-    if durable {
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-    if durable {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
-    }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Live counters and signals the agent's components share: [`Shared`]
 //! (per-input, batcher and shipper counters, atomics plus a few mutexes for
-//! strings and lists, never held across I/O), the stop signal
+//! strings and lists, never held across I/O; a pause on a full disk,
+//! [`DiskFullNote`]), the stop signal
 //! ([`Shutdown`]) and the freed-space wake-up ([`Signal`]), and each serial
 //! input's line and node counters ([`SerialStats`]). The status file is built
 //! from them periodically (see [`crate::status`]); this module does not
@@ -114,11 +115,14 @@ impl Signal {
         let _ = self.cv.wait_timeout_while(guard, timeout, |c| *c == seen);
     }
 
-    /// Waits until notified or `timeout` passes.
-    pub fn wait_timeout(&self, timeout: Duration) {
+    /// Waits until notified or `timeout` passes; returns whether notified.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let guard = lock(&self.count);
         let seen = *guard;
-        let _ = self.cv.wait_timeout_while(guard, timeout, |c| *c == seen);
+        match self.cv.wait_timeout_while(guard, timeout, |c| *c == seen) {
+            Ok((_, r)) => !r.timed_out(),
+            Err(poisoned) => !poisoned.into_inner().1.timed_out(),
+        }
     }
 }
 
@@ -129,6 +133,20 @@ pub struct ErrorNote {
     pub message: String,
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
+}
+
+/// A pause of the spool's appends on a full filesystem, while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskFullNote {
+    /// Since when, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// Free bytes on the spool's filesystem at the last refused attempt,
+    /// if it could be asked.
+    pub free_bytes: Option<u64>,
+    /// Attempts refused since the pause began.
+    pub attempts: u64,
+    /// The error of the last refused attempt.
+    pub last_error: ErrorNote,
 }
 
 /// The newest error of a component.
@@ -298,6 +316,12 @@ pub struct BatcherStats {
     pub pending_records: AtomicU64,
     /// Whether appends wait for space (policy `block`).
     pub blocked: AtomicBool,
+    /// Set while appends wait for space on a full filesystem.
+    pub disk_full: Mutex<Option<DiskFullNote>>,
+    /// Pauses on a full filesystem so far (this run).
+    pub disk_full_events: AtomicU64,
+    /// Milliseconds paused on a full filesystem, pauses that ended.
+    pub disk_full_ms: AtomicU64,
     /// The newest spool error.
     pub last_error: LastError,
 }

@@ -24,7 +24,14 @@ pub fn policy_name(policy: crate::spool::FullPolicy) -> &'static str {
 /// A status older than this is reported as stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 
-pub use crate::stats::ErrorNote;
+pub use crate::stats::{DiskFullNote, ErrorNote};
+
+/// [`SpoolStatus::state`] while appends go through.
+pub const SPOOL_OK: &str = "ok";
+/// [`SpoolStatus::state`] while the spool is at its bound under `block`.
+pub const SPOOL_FULL: &str = "full";
+/// [`SpoolStatus::state`] while appends wait on a full filesystem.
+pub const SPOOL_DISK_FULL: &str = "disk_full";
 
 /// A followed file, as its input reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +108,27 @@ pub struct SpoolStatus {
     pub when_full: String,
     /// Whether inputs are stopped on a full spool.
     pub blocked: bool,
+    /// `ok`, `full` (at its bound under `block`: inputs stopped until
+    /// acknowledgements free space) or `disk_full` (the filesystem is full:
+    /// inputs paused until space returns, under either policy).
+    #[serde(default)]
+    pub state: String,
+    /// While `disk_full`: since when, the free bytes and the last error.
+    #[serde(default)]
+    pub disk_full: Option<DiskFullNote>,
+    /// Pauses on a full filesystem since the agent started.
+    #[serde(default)]
+    pub disk_full_events: u64,
+    /// Milliseconds paused on a full filesystem since the agent started,
+    /// the current pause included.
+    #[serde(default)]
+    pub disk_full_ms: u64,
+    /// Free bytes on the spool's filesystem, if it can be asked.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    /// The free-space reserve appends leave (`spool.min_free_bytes`).
+    #[serde(default)]
+    pub min_free_bytes: u64,
     /// Entries dropped unsent (`drop_oldest`).
     pub dropped_entries: u64,
     /// Records in them.
@@ -242,7 +270,9 @@ pub enum StatusError {
     },
 }
 
-/// Writes `status` to `path` atomically (temp file, rename).
+/// Writes `status` to `path` atomically (temp file, rename). A temp file
+/// that could not be written whole is removed (on a full disk it would hold
+/// the last free blocks).
 ///
 /// # Errors
 /// The file operations.
@@ -251,9 +281,11 @@ pub fn write_status(path: &Path, status: &Status) -> std::io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    drop(f);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(&bytes));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -281,6 +313,11 @@ fn ago(now_ms: u64, at_ms: u64) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Free space and reserves, where a few KiB matter.
+fn size(bytes: u64) -> String {
+    if bytes < 1024 * 1024 { format!("{} KiB", bytes / 1024) } else { mib(bytes) }
 }
 
 /// The status as text for people, `now_ms` being the reader's clock.
@@ -328,6 +365,26 @@ pub fn render(s: &Status, now_ms: u64) -> String {
         sp.dropped_records,
         sp.dropped_entries
     );
+    let free = sp.free_bytes.map_or_else(|| "unknown".to_owned(), size);
+    let _ = write!(o, "            filesystem: {free} free, reserve {}", size(sp.min_free_bytes));
+    if sp.disk_full_events > 0 {
+        let _ = write!(
+            o,
+            "; full {} times, paused {} s in all",
+            sp.disk_full_events,
+            sp.disk_full_ms / 1000
+        );
+    }
+    let _ = writeln!(o);
+    if let Some(d) = &sp.disk_full {
+        let _ = writeln!(
+            o,
+            "            DISK FULL since {}: inputs paused until space returns ({} attempts refused): {}",
+            ago(now_ms, d.since_ms),
+            d.attempts,
+            d.last_error.message
+        );
+    }
     if let Some(e) = &sp.last_error {
         let _ =
             writeln!(o, "            last spool error ({}): {}", ago(now_ms, e.at_ms), e.message);
@@ -410,7 +467,6 @@ pub fn render(s: &Status, now_ms: u64) -> String {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -440,6 +496,20 @@ mod tests {
                 max_bytes: 1 << 28,
                 when_full: "drop_oldest".into(),
                 blocked: false,
+                state: SPOOL_DISK_FULL.into(),
+                disk_full: Some(DiskFullNote {
+                    since_ms: 31_000,
+                    free_bytes: Some(4096),
+                    attempts: 12,
+                    last_error: ErrorNote {
+                        message: "spool write /s/1.spool: No space left on device".into(),
+                        at_ms: 60_000,
+                    },
+                }),
+                disk_full_events: 2,
+                disk_full_ms: 45_000,
+                free_bytes: Some(4096),
+                min_free_bytes: 1 << 20,
                 dropped_entries: 1,
                 dropped_records: 500,
                 last_error: None,
@@ -482,11 +552,35 @@ mod tests {
             "reading /x: denied",
             "TLS: bad certificate",
             "read 10  spooled 8",
+            "DISK FULL since 30 s ago",
+            "12 attempts refused",
+            "No space left on device",
+            "full 2 times, paused 45 s in all",
+            "filesystem: 4 KiB free, reserve 1.0 MiB",
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
         assert!(!text.contains("stale"));
         assert!(render(&sample(), 70_000).contains("stale"));
         assert!(matches!(read_status(&dir.path().join("none")), Err(StatusError::Missing { .. })));
+    }
+
+    #[test]
+    fn a_status_file_without_the_disk_full_fields_still_reads() {
+        let mut json = serde_json::to_value(sample()).expect("json");
+        let spool = json["spool"].as_object_mut().expect("spool");
+        for k in [
+            "state",
+            "disk_full",
+            "disk_full_events",
+            "disk_full_ms",
+            "free_bytes",
+            "min_free_bytes",
+        ] {
+            spool.remove(k);
+        }
+        let old: Status = serde_json::from_value(json).expect("an older agent's status");
+        assert!(old.spool.disk_full.is_none() && old.spool.disk_full_events == 0);
+        assert!(!render(&old, 61_500).contains("DISK FULL"));
     }
 }

@@ -10,6 +10,8 @@
 //! A replaced file is written to `<name>.tmp`, fsync'd, renamed over the old
 //! one, and its directory fsync'd: after a crash either the old or the new
 //! content is there, never a mix, and the rename itself survives a power cut.
+//! A temp file that could not be written or synced whole is removed at once
+//! (on a full disk it would hold the last free blocks).
 
 use std::borrow::ToOwned;
 use std::fs::File;

@@ -25,6 +25,8 @@
 //! dir = "/var/lib/weir-agent/spool"
 //! max_bytes = 268435456               # 256 MiB on disk at most
 //! when_full = "drop_oldest"           # or "block" (stop reading inputs)
+//! min_free_bytes = 67108864            # free space appends leave; default: the smaller of
+//!                                     # 64 MiB and 1% of the filesystem; 0: none
 //!
 //! [batch]
 //! max_records = 500

@@ -390,7 +390,11 @@ impl ConfigFile {
             .map_err(|(k, m)| {
                 (k, format!("{m} (at least four of the largest batch, {largest_batch} bytes)"))
             })?;
-        let spool = SpoolConfig::with_max_bytes(spool_bytes, s.when_full);
+        let mut spool = SpoolConfig::with_max_bytes(spool_bytes, s.when_full);
+        spool.min_free_bytes = match s.min_free_bytes {
+            Some(b) => Some(in_range("spool.min_free_bytes", b, 0..=u64::MAX / 2)?),
+            None => None,
+        };
         let status_file = self.status.file.clone().unwrap_or_else(|| s.dir.join(STATUS_FILE_NAME));
         Ok(Config {
             origin: origin.to_owned(),

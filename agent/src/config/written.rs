@@ -97,6 +97,9 @@ pub struct SpoolSection {
     pub max_bytes: u64,
     /// `drop_oldest` or `block`.
     pub when_full: FullPolicy,
+    /// Free bytes appends leave on the spool's filesystem; default the
+    /// smaller of 64 MiB and 1% of the filesystem, 0: no reserve.
+    pub min_free_bytes: Option<u64>,
 }
 
 impl Default for SpoolSection {
@@ -105,6 +108,7 @@ impl Default for SpoolSection {
             dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             max_bytes: 256 * 1024 * 1024,
             when_full: FullPolicy::DropOldest,
+            min_free_bytes: None,
         }
     }
 }
