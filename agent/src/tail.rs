@@ -568,12 +568,9 @@ impl Tailer {
                     (c.id, c.offset, logical)
                 }
             }
-            Some(c) => {
-                // The same inode, other content: a file written again, still
-                // the same log.
-                let start = 0;
-                (identify(&mut file, &meta)?, start, c.logical_name().to_path_buf())
-            }
+            // The same inode, other content: a file written again, still
+            // the same log, read from its start.
+            Some(c) => (identify(&mut file, &meta)?, 0, c.logical_name().to_path_buf()),
             None => {
                 let start = match (self.started, self.config.start_at) {
                     (false, StartAt::End) => meta.len(),

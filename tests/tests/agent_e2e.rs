@@ -140,6 +140,30 @@ impl Drop for Writer {
     }
 }
 
+/// Rotates `log` the way round `round` asks: logrotate `create` (rename to
+/// `rotated`, then a new empty file), `copytruncate` (copy to `rotated`, then
+/// truncate), or delete and create again, in turn.
+fn rotate(log: &Path, rotated: &Path, round: u64) {
+    match round % 3 {
+        0 => {
+            std::fs::rename(log, rotated).expect("rename");
+            append(log, "");
+        }
+        1 => {
+            std::fs::copy(log, rotated).expect("copy");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(log)
+                .and_then(|f| f.set_len(0))
+                .expect("truncate");
+        }
+        _ => {
+            std::fs::remove_file(log).expect("delete");
+            append(log, "");
+        }
+    }
+}
+
 #[test]
 fn tail_while_rotating_by_rename_copy_truncate_and_delete_loses_and_repeats_nothing() {
     let mut w = world("rot-dev");
@@ -162,28 +186,7 @@ fn tail_while_rotating_by_rename_copy_truncate_and_delete_loses_and_repeats_noth
             failure(&agent, &w.collector)
         );
         let mut g = writer.state.lock().expect("writer lock");
-        let rotated = logs.join(format!("app.log.{round}"));
-        match round % 3 {
-            // logrotate `create`: rename, then a new empty file.
-            0 => {
-                std::fs::rename(&log, &rotated).expect("rename");
-                append(&log, "");
-            }
-            // logrotate `copytruncate`.
-            1 => {
-                std::fs::copy(&log, &rotated).expect("copy");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&log)
-                    .and_then(|f| f.set_len(0))
-                    .expect("truncate");
-            }
-            // Deleted and created again.
-            _ => {
-                std::fs::remove_file(&log).expect("delete");
-                append(&log, "");
-            }
-        }
+        rotate(&log, &logs.join(format!("app.log.{round}")), round);
         g.0 += 1;
     }
     let total = writer.finish();
@@ -803,25 +806,7 @@ fn rotate_and_kill(glob: &str, device: &str, seed: u64) {
         );
         {
             let mut g = writer.state.lock().expect("writer lock");
-            let rotated = logs.join(format!("app.log.{round}"));
-            match round % 3 {
-                0 => {
-                    std::fs::rename(&log, &rotated).expect("rename");
-                    append(&log, "");
-                }
-                1 => {
-                    std::fs::copy(&log, &rotated).expect("copy");
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&log)
-                        .and_then(|f| f.set_len(0))
-                        .expect("truncate");
-                }
-                _ => {
-                    std::fs::remove_file(&log).expect("delete");
-                    append(&log, "");
-                }
-            }
+            rotate(&log, &logs.join(format!("app.log.{round}")), round);
             g.0 += 1;
         }
         if rng.gen_bool(0.6) {

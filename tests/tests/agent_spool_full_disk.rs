@@ -25,7 +25,7 @@ mod agent_support;
 mod kinesis_support;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +36,7 @@ use agent_support::{
 };
 use aws_sdk_kinesis::types::ShardIteratorType;
 use weir_tests::harness::{Agent, Collector, binary, free_port};
+use weir_tests::tmpfs::{Tmpfs, free_bytes};
 
 /// Bytes of every log line (numbered, fixed width, newline included), so
 /// a file offset says how many lines lie before it.
@@ -55,57 +56,13 @@ fn parse(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(data).ok()?.split(' ').next()?.parse().ok()
 }
 
-/// A tmpfs mounted on a fresh directory, unmounted when dropped (also when
-/// the test fails).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// `None`, with a message, when not root or the mount fails.
-    fn mount(parent: &Path, size: &str) -> Option<Self> {
-        // A new directory belongs to the effective user.
-        if std::os::unix::fs::MetadataExt::uid(&parent.metadata().expect("stat")) != 0 {
-            eprintln!("skipped: mounting a tmpfs for the spool needs root");
-            return None;
-        }
-        let dir = parent.join("spool");
-        std::fs::create_dir(&dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .expect("run mount");
-        if !out.status.success() {
-            eprintln!("skipped: mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        Some(Self { dir })
-    }
-
-    fn free(&self) -> u64 {
-        let s = rustix::fs::statvfs(&self.dir).expect("statvfs");
-        s.f_bavail * s.f_frsize
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.dir).status().is_ok_and(|s| s.success());
-        if !ok {
-            // Something still has a file open there (a process the failing
-            // test did not reap yet): detach it now, it goes when closed.
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
-
 /// Fills `path` until `leave` bytes are free on its filesystem.
 fn ballast(fs: &Tmpfs, path: &Path, leave: u64) {
     let mut f = std::fs::File::create(path).expect("ballast");
     let block = vec![0u8; 64 * 1024];
-    while fs.free() > leave {
-        let n = (fs.free() - leave).min(block.len() as u64) as usize;
+    let free = || free_bytes(fs.path());
+    while free() > leave {
+        let n = (free() - leave).min(block.len() as u64) as usize;
         f.write_all(&block[..n]).expect("write ballast");
         f.flush().expect("flush ballast");
     }
@@ -186,7 +143,7 @@ fn failure(agent: &Agent, c: &Collector) -> String {
 
 fn run(case: Case) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(fs) = Tmpfs::mount(tmp.path(), TMPFS_SIZE) else { return };
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("spool"), TMPFS_SIZE) else { return };
     let data_dir = tmp.path().join("data");
     let port = free_port();
     let mut c = collector(&data_dir, tmp.path(), port);
@@ -199,7 +156,7 @@ fn run(case: Case) {
     std::fs::create_dir_all(&logs).expect("logs");
     let log = logs.join("app.log");
     let (policy, reserve, status_path) = match case {
-        Case::DropOldestReserve => ("drop_oldest", 1u64 << 20, fs.dir.join("status.json")),
+        Case::DropOldestReserve => ("drop_oldest", 1u64 << 20, fs.path().join("status.json")),
         Case::BlockEnospc => ("block", 0, tmp.path().join("status.json")),
     };
     let config = tmp.path().join("agent.toml");
@@ -234,14 +191,14 @@ max_bytes = 65536
 linger_ms = 50
 
 {input}"#,
-            spool = fs.dir,
+            spool = fs.path(),
             input = file_input("app", &logs.join("*.log"), "disk"),
         ),
     )
     .expect("write agent.toml");
-    let mut agent = Agent::new(&config, &status_path, &fs.dir, tmp.path());
+    let mut agent = Agent::new(&config, &status_path, fs.path(), tmp.path());
     // Room for the reserve and about 512 KiB of spool.
-    ballast(&fs, &fs.dir.join("ballast"), reserve + (512 << 10));
+    ballast(&fs, &fs.path().join("ballast"), reserve + (512 << 10));
 
     // Phase 1: the collector is there, lines flow (the disk may be full off
     // and on, as acknowledgements free the spool's few segments).
@@ -342,7 +299,7 @@ linger_ms = 50
     );
 
     // Phase 5: space returns: everything written arrives, once.
-    std::fs::remove_file(fs.dir.join("ballast")).expect("remove the ballast");
+    std::fs::remove_file(fs.path().join("ballast")).expect("remove the ballast");
     assert!(
         agent.wait_status(NOTICE_TIMEOUT, |s| s["spool"]["state"] == "ok"),
         "the agent did not resume\n{}",

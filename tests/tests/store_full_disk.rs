@@ -19,6 +19,7 @@
 mod kinesis_support;
 mod mqtt_support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
@@ -57,19 +58,26 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_appends_reports_degraded_and_recovers_by_itself() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(mount) = Tmpfs::mount(&tmp.path().join("small"), FS_SIZE) else { return };
-    let config =
-        mqtt_support::config_file(tmp.path(), &format!("[store]\nmin_free_bytes = {RESERVE}\n"));
+/// A collector whose data directory is on a tmpfs of [`FS_SIZE`] mounted in
+/// `tmp`, with a [`RESERVE`] of free space; `None` when no tmpfs can be
+/// mounted here.
+fn start_on_small_disk(tmp: &Path) -> Option<(Tmpfs, Collector)> {
+    let mount = Tmpfs::mount(&tmp.join("small"), FS_SIZE)?;
+    let config = mqtt_support::config_file(tmp, &format!("[store]\nmin_free_bytes = {RESERVE}\n"));
     let c = tokio::task::block_in_place(|| {
         mqtt_support::start_in(
             &mount.0.join("data"),
-            tmp.path(),
+            tmp,
             &["--config", config.to_str().expect("utf8 path")],
         )
     });
+    Some((mount, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_appends_reports_degraded_and_recovers_by_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((mount, c)) = start_on_small_disk(tmp.path()) else { return };
     let client = sdk(c.http_addr());
     let mqtt = mqtt_support::addr(&c, "mqtt");
     create(&client, "full", 1).await;
@@ -205,16 +213,7 @@ fn disk_full_lines(c: &Collector) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_on_a_full_disk_refuses_v5_with_0x97_closes_v3_logs_little_and_resumes() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(mount) = Tmpfs::mount(&tmp.path().join("small"), FS_SIZE) else { return };
-    let config =
-        mqtt_support::config_file(tmp.path(), &format!("[store]\nmin_free_bytes = {RESERVE}\n"));
-    let c = tokio::task::block_in_place(|| {
-        mqtt_support::start_in(
-            &mount.0.join("data"),
-            tmp.path(),
-            &["--config", config.to_str().expect("utf8 path")],
-        )
-    });
+    let Some((mount, c)) = start_on_small_disk(tmp.path()) else { return };
     let client = sdk(c.http_addr());
     let mqtt = mqtt_support::addr(&c, "mqtt");
     create(&client, "full", 1).await;

@@ -207,13 +207,8 @@ struct WriterState {
     shard: Arc<ShardShared>,
     config: StoreConfig,
     clock: Arc<dyn Clock>,
-    active: Arc<Segment>,
-    /// Log bytes and index entries written to the active segment.
-    len: u64,
-    entries: u64,
-    next_offset: u64,
-    last_arrival_ms: u64,
-    first_arrival_ms: Option<u64>,
+    /// Where writing goes on in the active segment.
+    pos: ActivePosition,
     /// Bytes written since the last sync.
     dirty: bool,
     last_sync: Instant,
@@ -230,9 +225,10 @@ struct WriterState {
     producers: ProducerTable,
 }
 
-/// Where a writer resumes in its shard's active segment.
+/// Where a writer is in its shard's active segment.
 struct ActivePosition {
     active: Arc<Segment>,
+    /// Log bytes and index entries written to it.
     len: u64,
     entries: u64,
     next_offset: u64,
@@ -273,17 +269,12 @@ impl WriterState {
         clock: Arc<dyn Clock>,
         failed_shards: Arc<FailedShards>,
     ) -> Result<Self, StoreError> {
-        let at = ActivePosition::of(&shard)?;
+        let pos = ActivePosition::of(&shard)?;
         let producers = shard.take_producers();
         let reopen_backoff = Backoff::new(config.reopen_backoff, MAX_REOPEN_BACKOFF);
         Ok(Self {
             producers,
-            len: at.len,
-            entries: at.entries,
-            next_offset: at.next_offset,
-            last_arrival_ms: at.last_arrival_ms,
-            first_arrival_ms: at.first_arrival_ms,
-            active: at.active,
+            pos,
             shard,
             config,
             clock,
@@ -340,7 +331,7 @@ impl WriterState {
                         Some(e) => Err(e.clone()),
                         None => self
                             .sync_if_dirty()
-                            .map(|()| (self.next_offset, std::mem::take(&mut self.producers))),
+                            .map(|()| (self.pos.next_offset, std::mem::take(&mut self.producers))),
                     };
                     let _ = reply.send(result);
                     // Anything queued behind the close (now, or until the
@@ -416,19 +407,15 @@ impl WriterState {
                 let attempts = self.reopen_backoff.failures();
                 self.reopen_backoff.reset();
                 self.producers = producers;
-                self.active = at.active;
-                self.len = at.len;
-                self.entries = at.entries;
-                self.next_offset = at.next_offset;
                 // Arrival times stay monotonic even if recovery ends earlier.
-                self.last_arrival_ms = self.last_arrival_ms.max(at.last_arrival_ms);
-                self.first_arrival_ms = at.first_arrival_ms;
+                let last_arrival_ms = self.pos.last_arrival_ms.max(at.last_arrival_ms);
+                self.pos = ActivePosition { last_arrival_ms, ..at };
                 self.dirty = false;
                 self.failed = None;
                 self.failed_shards.cleared(&self.shard.stream, &self.shard.id);
                 metrics::counter!("weir_store_shard_reopens_total").increment(1);
                 tracing::info!(stream = %self.shard.stream, shard = %self.shard.id,
-                    next_offset = self.next_offset, attempts,
+                    next_offset = self.pos.next_offset, attempts,
                     "failed shard reopened from its files; it takes writes again");
             }
             Err(e) => {
@@ -537,38 +524,44 @@ impl WriterState {
             }
         }
         if records.is_empty() {
-            return Ok((self.next_offset, self.last_arrival_ms));
+            return Ok((self.pos.next_offset, self.pos.last_arrival_ms));
         }
-        let arrival_ms = self.clock.now_ms().max(self.last_arrival_ms);
+        let arrival_ms = self.clock.now_ms().max(self.pos.last_arrival_ms);
         self.buf.clear();
-        segment::encode_tagged_batch(&mut self.buf, self.next_offset, arrival_ms, &records, &tags);
+        segment::encode_tagged_batch(
+            &mut self.buf,
+            self.pos.next_offset,
+            arrival_ms,
+            &records,
+            &tags,
+        );
         let age_limit = self.config.segment_max_age.as_millis() as u64;
         let too_old =
-            self.first_arrival_ms.is_some_and(|f| arrival_ms.saturating_sub(f) >= age_limit);
-        if self.len > 0
-            && (self.len + self.buf.len() as u64 > self.config.segment_max_bytes || too_old)
+            self.pos.first_arrival_ms.is_some_and(|f| arrival_ms.saturating_sub(f) >= age_limit);
+        if self.pos.len > 0
+            && (self.pos.len + self.buf.len() as u64 > self.config.segment_max_bytes || too_old)
         {
             self.roll()?;
         }
-        let first_offset = self.next_offset;
+        let first_offset = self.pos.next_offset;
         let entry = IndexEntry {
-            relative_offset: (first_offset - self.active.base_offset()) as u32,
-            position: self.len as u32,
+            relative_offset: (first_offset - self.pos.active.base_offset()) as u32,
+            position: self.pos.len as u32,
             arrival_ms,
         };
-        if let Err(e) = self.active.append(self.len, &self.buf, self.entries, entry) {
+        if let Err(e) = self.pos.active.append(self.pos.len, &self.buf, self.pos.entries, entry) {
             if e.is_out_of_space() {
                 // Undo what part of the batch and index entry got written, so
                 // the next group starts at a batch boundary.
-                self.active.cut_back(self.len, self.entries)?;
+                self.pos.active.cut_back(self.pos.len, self.pos.entries)?;
             }
             return Err(e.into());
         }
-        self.len += self.buf.len() as u64;
-        self.entries += 1;
-        self.next_offset += records.len() as u64;
-        self.last_arrival_ms = arrival_ms;
-        self.first_arrival_ms.get_or_insert(arrival_ms);
+        self.pos.len += self.buf.len() as u64;
+        self.pos.entries += 1;
+        self.pos.next_offset += records.len() as u64;
+        self.pos.last_arrival_ms = arrival_ms;
+        self.pos.first_arrival_ms.get_or_insert(arrival_ms);
         self.dirty = true;
         match self.config.fsync {
             FsyncPolicy::Always => self.sync_if_dirty()?,
@@ -583,13 +576,18 @@ impl WriterState {
 
     /// Makes the written bytes visible to readers.
     fn publish(&self) {
-        self.active.publish(self.len, self.entries, self.next_offset, self.last_arrival_ms);
-        self.shard.publish_next_offset(self.next_offset);
+        self.pos.active.publish(
+            self.pos.len,
+            self.pos.entries,
+            self.pos.next_offset,
+            self.pos.last_arrival_ms,
+        );
+        self.shard.publish_next_offset(self.pos.next_offset);
     }
 
     fn sync_if_dirty(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            self.active.sync_log()?;
+            self.pos.active.sync_log()?;
             self.dirty = false;
             self.last_sync = Instant::now();
         }
@@ -600,7 +598,7 @@ impl WriterState {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        if self.len > 0 {
+        if self.pos.len > 0 {
             self.roll()?;
         }
         Ok(())
@@ -609,26 +607,26 @@ impl WriterState {
     /// Seals the active segment (log and index synced, whatever the policy)
     /// and starts a new one at the next offset.
     fn roll(&mut self) -> Result<(), StoreError> {
-        let old = self.active.clone();
+        let old = self.pos.active.clone();
         old.sync_log()?;
         old.sync_index()?;
         self.dirty = false;
         // The snapshot first: a segment never exists without the table that
         // stood before its first record.
-        producer::write_snapshot(&self.shard.dir, self.next_offset, &self.producers)?;
+        producer::write_snapshot(&self.shard.dir, self.pos.next_offset, &self.producers)?;
         let seg = Arc::new(Segment::open(
             &self.shard.dir,
-            self.next_offset,
+            self.pos.next_offset,
             true,
             self.shard.io.clone(),
         )?);
         sync_dir(&self.shard.dir)?;
         self.shard.push_segment(seg.clone());
-        tracing::debug!(stream = %self.shard.stream, shard = %self.shard.id, base = self.next_offset, "rolled segment");
-        self.active = seg;
-        self.len = 0;
-        self.entries = 0;
-        self.first_arrival_ms = None;
+        tracing::debug!(stream = %self.shard.stream, shard = %self.shard.id, base = self.pos.next_offset, "rolled segment");
+        self.pos.active = seg;
+        self.pos.len = 0;
+        self.pos.entries = 0;
+        self.pos.first_arrival_ms = None;
         Ok(())
     }
 }
