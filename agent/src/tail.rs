@@ -426,11 +426,7 @@ impl Tailer {
                     continue;
                 }
                 if let Ok(meta) = f.file.metadata() {
-                    let mut head = vec![0u8; f.id.fingerprint_len.min(meta.len()) as usize];
-                    let same = f.file.read_exact_at_start(&mut head).is_ok()
-                        && head.len() as u64 == f.id.fingerprint_len
-                        && crc32c::crc32c(&head) == f.id.fingerprint;
-                    f.rewritten = !same;
+                    f.rewritten = !head_matches(f, &meta);
                 }
                 continue;
             }
@@ -594,6 +590,11 @@ impl Tailer {
     /// Finds a checkpointed file that was renamed while the agent was stopped
     /// and reads what is left of it.
     fn find_renamed(&mut self, c: &Checkpoint) -> io::Result<()> {
+        if self.files.iter().any(|f| f.id.dev == c.id.dev && f.id.ino == c.id.ino) {
+            // Already followed (found under a name the globs match, or
+            // tracked as a copy): its position is the one it is followed at.
+            return Ok(());
+        }
         let Some(dir) = c.path.parent() else { return Ok(()) };
         let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
         for e in entries.flatten() {
@@ -633,6 +634,14 @@ impl Tailer {
             move |source| TailError::Io { path, source }
         };
         let meta = f.file.metadata().map_err(io_err(&f.path))?;
+        // Before reading what looks like growth, check that the file still
+        // starts as it did: a copy-truncate whose file was written past the
+        // old offset again before this poll looks like growth by its size
+        // alone, and reading on would take the new content's middle for the
+        // old content's rest.
+        if !f.rewritten && !f.copy && meta.len() > f.read_offset && !head_matches(f, &meta) {
+            f.rewritten = true;
+        }
         if meta.len() < f.read_offset || f.rewritten {
             // Truncated: finish the old content from its copy, if there is one.
             self.stats.truncations += 1;
@@ -670,9 +679,30 @@ impl Tailer {
         }
         let f = &mut self.files[i];
         if f.copy {
-            // Read through the file it copies; let go once gone.
+            // Read through the file it copies; let go once gone. A copy seen
+            // while it was being written grows: its checkpoint follows its
+            // length, so an agent restarted after the original was
+            // truncated and written again (the copy no longer recognisable
+            // as its copy) does not read its content a second time.
+            if meta.len() > f.read_offset {
+                f.read_offset = meta.len();
+                f.last_growth = now;
+                f.file.seek(SeekFrom::Start(f.read_offset)).map_err(io_err(&f.path))?;
+                self.started_files.push(Checkpoint {
+                    id: f.id,
+                    path: f.path.clone(),
+                    logical: f.logical.clone(),
+                    offset: f.read_offset,
+                });
+            }
             let done = f.retiring && now.duration_since(f.last_growth) >= rotate_wait;
             return Ok((0, done));
+        }
+        if budget == 0 {
+            // This poll's budget went to other files: nothing was read, so
+            // nothing follows from it (a retiring file is not at its end, an
+            // idle timer has not run out).
+            return Ok((0, false));
         }
         let mut total = 0;
         let mut chunk = vec![0u8; READ_CHUNK_BYTES.min(budget.max(4096))];
@@ -724,6 +754,15 @@ impl ReadAtStart for File {
 }
 
 /// Hands out every complete line in `f.pending`, and over-long pieces.
+/// Whether `f`'s file (now `meta`) still starts with the bytes its
+/// fingerprint covers.
+fn head_matches(f: &Followed, meta: &std::fs::Metadata) -> bool {
+    let mut head = vec![0u8; f.id.fingerprint_len.min(meta.len()) as usize];
+    f.file.read_exact_at_start(&mut head).is_ok()
+        && head.len() as u64 == f.id.fingerprint_len
+        && crc32c::crc32c(&head) == f.id.fingerprint
+}
+
 fn split_lines(f: &mut Followed, out: &mut Vec<Line>, max_line: usize, stats: &mut TailStats) {
     let mut start = 0;
     // Offset in the file of pending[0].

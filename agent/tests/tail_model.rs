@@ -282,3 +282,48 @@ fn tailer_agrees_with_the_model() {
         run(seed, true);
     }
 }
+
+/// A copy-truncate whose file is written past the old offset again before
+/// the tailer looks (between two rescans: a real agent polls on inotify
+/// events far more often than it rescans) is still a truncation: the new
+/// content is read from its start, not from the old offset onwards.
+#[test]
+fn a_truncated_file_written_past_the_old_offset_before_a_poll_is_read_from_its_start() {
+    for generations in [false, true] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut config = config(dir, generations);
+        config.rescan_every = Duration::from_secs(3600);
+        let mut w = Writer {
+            path: dir.join("app0.log"),
+            next: 0,
+            open_line: None,
+            rotations: 0,
+            unseen: false,
+        };
+        let lines = |from: u64, to: u64| -> String {
+            (from..to).map(|n| format!("{}\n", Writer::text("w0", n))).collect()
+        };
+        w.append(lines(0, 20).as_bytes());
+        let mut tailer = Tailer::new(config, Vec::new()).expect("tailer");
+        let mut got =
+            Collector { lines: Vec::new(), piece: HashMap::new(), checkpoints: HashMap::new() };
+        let poll = |tailer: &mut Tailer, got: &mut Collector| {
+            let mut out = Vec::new();
+            let errors = tailer.poll(&mut out, 1 << 20);
+            assert!(errors.is_empty(), "{errors:?}");
+            got.take(out);
+        };
+        poll(&mut tailer, &mut got);
+        assert_eq!(got.lines.len(), 20, "generations {generations}: the first lines");
+        std::fs::copy(&w.path, dir.join("app0.log.1")).expect("copy");
+        OpenOptions::new().write(true).open(&w.path).expect("open").set_len(0).expect("truncate");
+        // More than was there before the truncation.
+        w.append(lines(20, 60).as_bytes());
+        for _ in 0..3 {
+            poll(&mut tailer, &mut got);
+        }
+        let expected: Vec<String> = (0..60).map(|n| Writer::text("w0", n)).collect();
+        assert_eq!(got.lines, expected, "generations {generations}: every line once, in order");
+    }
+}

@@ -21,7 +21,7 @@ use agent_support::{
     device_cert, file_input, line, mqtts_addr, read_stream, status, stop,
 };
 use rand::{Rng, SeedableRng};
-use weir_tests::harness::{Agent, Collector, binary, free_port, peak_rss_kib};
+use weir_tests::harness::{Agent, Collector, binary, free_port, peak_rss_kib, wait_for};
 
 /// A collector on a free loopback port and a device certificate for it.
 struct World {
@@ -779,7 +779,9 @@ fn start_at_end_skips_old_lines_of_new_files_but_resumes_known_files_after_a_res
 }
 
 /// Rename, copy-truncate and delete rotations while a writer appends, with
-/// `kill -9` of the agent at random moments between them, under `glob`:
+/// `kill -9` of the agent at random moments between them (after a delete,
+/// once the agent has finished the deleted file: its unread rest cannot
+/// outlive the agent's descriptor), under `glob`:
 /// every line arrives once, all under the one partition key of the live log
 /// (`{device_id}/{file}`, the logical name), in the order written.
 fn rotate_and_kill(glob: &str, device: &str, seed: u64) {
@@ -793,23 +795,61 @@ fn rotate_and_kill(glob: &str, device: &str, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     agent.start();
     let mut writer = Writer::start(&log, 0, 20, Duration::from_millis(2));
+    let mut written = 0;
     for round in 0..6u64 {
-        // Let the agent read into the current file first (the spooled
-        // offset of the live log moves), then rotate.
-        let path = log.display().to_string();
-        let at = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let kill = rng.gen_bool(0.6);
+        // Each generation gets lines of its own (the writer is let in
+        // between rounds).
         assert!(
-            agent.wait_status(SHIP_TIMEOUT, |s| status::spooled_offset(s, 0, &path)
-                .is_some_and(|o| o >= at.min(1))),
-            "seed {seed} {glob} round {round}: the agent did not read the live log\n{}",
-            failure(&agent, &w.collector)
+            wait_for(SHIP_TIMEOUT, || writer.state.lock().expect("writer lock").1 >= written + 100),
+            "seed {seed} {glob} round {round}: the writer wrote nothing"
         );
         {
             let mut g = writer.state.lock().expect("writer lock");
+            written = g.1;
+            // With the writer held, let the agent spool the live log to its
+            // end first: content it never read, copied away and truncated
+            // while it is killed, is beyond any agent's reach (nothing on
+            // disk says it was there).
+            let path = log.display().to_string();
+            let len = std::fs::metadata(&log).map_or(0, |m| m.len());
+            assert!(
+                agent.wait_status(SHIP_TIMEOUT, |s| s["inputs"][0]["files"]
+                    .as_array()
+                    .is_some_and(|files| files.iter().any(|f| {
+                        f["path"].as_str() == Some(path.as_str())
+                            && f["spooled_offset"].as_u64() == Some(len)
+                    }))),
+                "seed {seed} {glob} round {round}: the agent did not spool the live log\n{}",
+                failure(&agent, &w.collector)
+            );
+            // This process's status, and how many files it has let go.
+            let pid = agent.pid().map(u64::from);
+            let rotations = |s: &serde_json::Value| s["inputs"][0]["rotations"].as_u64();
+            let mut let_go = None;
+            assert!(
+                agent.wait_status(SHIP_TIMEOUT, |s| {
+                    let_go = rotations(s);
+                    s["pid"].as_u64() == pid
+                }),
+                "seed {seed} {glob} round {round}: no status from the running agent\n{}",
+                failure(&agent, &w.collector)
+            );
             rotate(&log, &logs.join(format!("app.log.{round}")), round);
             g.0 += 1;
+            if kill && round % 3 == 2 {
+                // A deleted file's unread rest dies with the agent (no name
+                // leads back to it): let the agent finish it, with the
+                // writer held, before the kill.
+                assert!(
+                    agent
+                        .wait_status(SHIP_TIMEOUT, |s| rotations(s) > let_go && status::drained(s)),
+                    "seed {seed} {glob} round {round}: the deleted file was not finished\n{}",
+                    failure(&agent, &w.collector)
+                );
+            }
         }
-        if rng.gen_bool(0.6) {
+        if kill {
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
             agent.kill9();
             agent.start();
